@@ -1,0 +1,219 @@
+"""SentenceEncoder: tokenizer + module stack + a jitted, bucketed, data-parallel encode()."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from flaxenc import sharding
+from flaxenc.io import STFolder, load_st_folder, resolve_folder, save_st_folder
+from flaxenc.sentence_model import SentenceModel
+
+SMALLEST_BUCKET = 16
+
+
+def sequence_buckets(max_seq_length: int, smallest: int = SMALLEST_BUCKET) -> tuple[int, ...]:
+    """Padded lengths: powers of two from `smallest` below max_seq_length, then max_seq_length."""
+    buckets = []
+    length = smallest
+    while length < max_seq_length:
+        buckets.append(length)
+        length *= 2
+    return (*buckets, max_seq_length)
+
+
+def batch_rows(n: int, batch_size: int, multiple: int) -> int:
+    """Rows to pad a batch of n to: batch_size when full, else the next power of two.
+
+    Always a multiple of `multiple` (the device count), so the batch splits evenly.
+    """
+    rows = batch_size if n >= batch_size else min(batch_size, 1 << max(0, n - 1).bit_length())
+    return -(-rows // multiple) * multiple
+
+
+def _embed(graphdef, state, input_ids, attention_mask, prompt_length):
+    model = nnx.merge(graphdef, state)
+    return model(input_ids, attention_mask, prompt_length=prompt_length)
+
+
+class SentenceEncoder:
+    """A sentence-transformers model in Flax: `SentenceEncoder.from_pretrained(path).encode(texts)`."""
+
+    def __init__(self, folder: STFolder, dtype: jnp.dtype = jnp.float32):
+        self._folder = folder
+        self.dtype = jnp.dtype(dtype)
+        self._mesh = sharding.data_mesh()
+        self._compiled_shapes: set[tuple[int, int]] = set()
+        self.model = folder.model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        dtype: str | jnp.dtype = jnp.float32,
+        cache_folder: str | None = None,
+    ) -> SentenceEncoder:
+        """Loads an ST folder, a transformers folder, or a hub id (downloaded when online).
+
+        `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32.
+        """
+        dtype = jnp.dtype(dtype)
+        if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+            raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+        folder = resolve_folder(name_or_path, cache_folder)
+        return cls(load_st_folder(folder, dtype=dtype), dtype=dtype)
+
+    # -- the module stack ------------------------------------------------------------------
+
+    @property
+    def model(self) -> SentenceModel:
+        return self._folder.model
+
+    @model.setter
+    def model(self, model: SentenceModel) -> None:
+        """Replaces the module stack (after training, say); encode() re-splits it once."""
+        self._folder.model = model
+        graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state, sharding.replicated(self._mesh))
+        self._embed = jax.jit(functools.partial(_embed, graphdef))
+
+    @property
+    def tokenizer(self):
+        return self._folder.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._folder.max_seq_length
+
+    @property
+    def embedding_dimension(self) -> int:
+        return self.model.embedding_dimension
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self._folder.st_config.get("prompts") or {})
+
+    @property
+    def compiled_shapes(self) -> frozenset[tuple[int, int]]:
+        """The (batch, sequence) shapes encode() has compiled, one XLA program each."""
+        return frozenset(self._compiled_shapes)
+
+    @property
+    def num_compiles(self) -> int:
+        return len(self._compiled_shapes)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes an ST folder that sentence_transformers.SentenceTransformer(path) loads."""
+        save_st_folder(path, self._folder)
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids, truncated to max_seq_length, unpadded."""
+        encoded = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_seq_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return encoded["input_ids"]
+
+    def _prompt_length(self, prompt: str) -> int:
+        # ST's Transformer._get_prompt_length: the prompt's tokens without a trailing special token.
+        ids = self.tokenize([prompt])[0]
+        return len(ids) - 1 if ids and ids[-1] in self.tokenizer.all_special_ids else len(ids)
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int = 32,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+    ) -> np.ndarray | jax.Array:
+        """Embeds sentences: [N, D] for a list, [D] for a single string (fp32).
+
+        Sentences are sorted by token length and padded to a few bucket lengths and batch sizes,
+        so XLA compiles a bounded number of programs; the input order is restored.
+        """
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else sentences
+        if not isinstance(texts, Sequence):
+            raise TypeError(f"sentences must be a string or a list of strings, not {type(sentences).__name__}")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"sentences[{index}] is a {type(text).__name__}, not a string: {text!r:.80}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if prompt is None and prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
+            prompt = self.prompts[prompt_name]
+        if not texts:
+            empty = np.zeros((0, self.embedding_dimension), np.float32)
+            return empty if convert_to_numpy else jnp.asarray(empty)
+
+        prompt_length = 0
+        if prompt:
+            texts = [prompt + text for text in texts]  # ST prepends the prompt to the text
+            prompt_length = self._prompt_length(prompt)
+        token_ids = self.tokenize(texts)
+        order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
+        buckets = sequence_buckets(self.max_seq_length)
+        n_devices = self._mesh.size
+        batch_size = -(-batch_size // n_devices) * n_devices
+        pad_id = self.tokenizer.pad_token_id or 0
+        batch_shard = sharding.batch_sharding(self._mesh)
+
+        outputs = []
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
+            batch = [token_ids[i] for i in order[start : start + batch_size]]
+            rows = batch_rows(len(batch), batch_size, n_devices)
+            length = next(b for b in buckets if b >= max(len(ids) for ids in batch))
+            input_ids = np.full((rows, length), pad_id, np.int32)
+            mask = np.zeros((rows, length), np.int32)
+            for row in range(rows):
+                ids = batch[row] if row < len(batch) else batch[0]  # filler rows repeat a real one
+                input_ids[row, : len(ids)] = ids
+                mask[row, : len(ids)] = 1
+            self._compiled_shapes.add((rows, length))
+            embeddings = self._embed(
+                self._state,
+                jax.device_put(input_ids, batch_shard),
+                jax.device_put(mask, batch_shard),
+                np.int32(prompt_length),
+            )
+            outputs.append((embeddings, len(batch)))  # dispatch is async: the next batch pads meanwhile
+
+        sorted_embeddings = np.concatenate([np.asarray(e)[:n] for e, n in outputs])
+        embeddings = np.empty_like(sorted_embeddings)
+        embeddings[order] = sorted_embeddings
+        if normalize_embeddings:
+            embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+        if single:
+            embeddings = embeddings[0]
+        return embeddings if convert_to_numpy else jnp.asarray(embeddings)
+
+    def __repr__(self) -> str:
+        config = self.model.transformer.config
+        heads = ", ".join(type(h).__name__ for h in self.model.heads)
+        return (
+            f"SentenceEncoder({config.model_type}, layers={config.num_hidden_layers}, hidden={config.hidden_size}, "
+            f"pooling={'+'.join(self.model.pooling.modes)}, heads=[{heads}], dim={self.embedding_dimension}, "
+            f"max_seq_length={self.max_seq_length}, dtype={self.dtype.name})"
+        )
+
+
+__all__ = ["SentenceEncoder", "batch_rows", "sequence_buckets"]

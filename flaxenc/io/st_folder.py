@@ -1,0 +1,328 @@
+"""Reading and writing sentence-transformers (ST) model folders.
+
+Reads the legacy layout (`sentence_transformers.models.Pooling`, `pooling_mode_mean_tokens`,
+`max_seq_length` in sentence_bert_config.json), the v5.4+ layout
+(`sentence_transformers.sentence_transformer.modules.pooling.Pooling`, `pooling_mode: "mean"`) and
+plain Hugging Face model folders (encoder + mean pooling, as ST builds them). Writes the layout
+ST 6 writes, plus `max_seq_length`/`do_lower_case` in sentence_bert_config.json, which every
+ST release reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+from tokenizers.normalizers import Lowercase
+from tokenizers.normalizers import Sequence as NormalizerSequence
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from flaxenc.io.key_tables import (
+    BERT_BUFFERS,
+    BERT_RULES,
+    DENSE_RULES,
+    LAYER_NORM_RULES,
+    flax_to_torch,
+    normalize_hf_keys,
+    torch_to_flax,
+)
+from flaxenc.io.weights import SAFETENSORS, find_weights, read_tensors, write_safetensors
+from flaxenc.models import BertModel, EncoderConfig, encoder_class
+from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, Normalize, Pooling
+from flaxenc.modules.pooling import LEGACY_MODE_KEYS
+from flaxenc.sentence_model import SentenceModel, abstract_params, flat_params, merge_params
+
+logger = logging.getLogger(__name__)
+
+# The class ST saves for each module kind, in its 6.x layout.
+MODULE_TYPES = {
+    "Transformer": "sentence_transformers.base.modules.transformer.Transformer",
+    "Pooling": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+    "Dense": "sentence_transformers.base.modules.dense.Dense",
+    "Dropout": "sentence_transformers.sentence_transformer.modules.dropout.Dropout",
+    "Normalize": "sentence_transformers.base.modules.normalize.Normalize",
+    "LayerNorm": "sentence_transformers.sentence_transformer.modules.layer_norm.LayerNorm",
+}
+_HEAD_KINDS = {Dense: "Dense", Dropout: "Dropout", Normalize: "Normalize", EmbeddingLayerNorm: "LayerNorm"}
+
+
+@dataclasses.dataclass
+class STFolder:
+    """What an ST folder holds, as flaxenc objects."""
+
+    model: SentenceModel
+    tokenizer: PreTrainedTokenizerBase
+    max_seq_length: int
+    do_lower_case: bool = False
+    # config.json as read, so keys flaxenc does not model survive a save.
+    transformer_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # config_sentence_transformers.json as read (prompts, similarity function).
+    st_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _read_json(path: Path) -> dict[str, Any] | list[Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def _module_kind(type_name: str, source: Path) -> str:
+    """'Pooling' for both sentence_transformers.models.Pooling and ...modules.pooling.Pooling."""
+    kind = type_name.rsplit(".", 1)[-1]
+    if not type_name.startswith("sentence_transformers.") or kind not in MODULE_TYPES:
+        raise ValueError(
+            f"{source}: module type {type_name!r} is not supported; flaxenc reads the ST modules "
+            f"{sorted(MODULE_TYPES)}"
+        )
+    return kind
+
+
+def resolve_folder(name_or_path: str | os.PathLike, cache_folder: str | None = None) -> Path:
+    """A local folder as is; otherwise a hub id downloaded with huggingface_hub."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{path}: is a file; from_pretrained takes a model folder or a hub id")
+    repo_id = str(name_or_path)
+    if "/" not in repo_id:
+        repo_id = f"sentence-transformers/{repo_id}"  # ST's shorthand for its own models
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=repo_id, cache_dir=cache_folder))
+    except Exception as error:  # offline, unknown repo, bad id: all end here
+        raise OSError(
+            f"{name_or_path!r} is not a local folder, and downloading {repo_id!r} from the Hugging Face hub "
+            f"failed: {type(error).__name__}: {error}. Offline (or with HF_HUB_OFFLINE=1), pass the path of "
+            "a local sentence-transformers or transformers model folder."
+        ) from None
+
+
+def load_st_folder(folder: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> STFolder:
+    """Reads an ST folder, or a plain transformers folder (encoder + mean pooling, as ST does)."""
+    folder = Path(folder)
+    modules_json = folder / "modules.json"
+    if not modules_json.is_file():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: neither modules.json (ST folder) nor config.json (transformers folder)")
+        logger.info("%s has no modules.json: building transformer + mean pooling, as ST does", folder)
+        entries = [{"type": MODULE_TYPES["Transformer"], "path": ""}]
+    else:
+        entries = _read_json(modules_json)
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "type" in e for e in entries):
+            raise ValueError(f"{modules_json}: expected a list of {{'type': ..., 'path': ...}} entries")
+        entries = sorted(entries, key=lambda e: e.get("idx", 0))
+    kinds = [_module_kind(entry["type"], modules_json) for entry in entries]
+    if kinds[0] != "Transformer":
+        raise ValueError(f"{modules_json}: the first module must be a Transformer, not {entries[0]['type']!r}")
+    if len(kinds) > 1 and kinds[1] != "Pooling":
+        raise ValueError(f"{modules_json}: the second module must be Pooling, not {entries[1]['type']!r}")
+    if "Transformer" in kinds[1:] or "Pooling" in kinds[2:]:
+        raise ValueError(f"{modules_json}: flaxenc reads one Transformer followed by one Pooling and heads")
+
+    loaded = _load_transformer(folder / entries[0].get("path", ""), dtype)
+    transformer, tokenizer, max_seq_length, do_lower_case, transformer_config = loaded
+    hidden = transformer.config.hidden_size
+    if len(entries) > 1:
+        pooling = _load_pooling(folder / entries[1].get("path", ""), hidden)
+    else:
+        pooling = Pooling(hidden, "mean")
+    heads = []
+    dim = pooling.output_dimension
+    for entry, kind in zip(entries[2:], kinds[2:]):
+        head = _load_head(kind, folder / entry.get("path", ""), dim, dtype)
+        dim = getattr(head, "out_features", dim)
+        heads.append(head)
+
+    st_config_path = folder / "config_sentence_transformers.json"
+    st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
+    return STFolder(
+        model=SentenceModel(transformer, pooling, heads),
+        tokenizer=tokenizer,
+        max_seq_length=max_seq_length,
+        do_lower_case=do_lower_case,
+        transformer_config=transformer_config,
+        st_config=st_config,
+    )
+
+
+def _load_transformer(folder: Path, dtype):
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json for the Transformer module")
+    raw_config = _read_json(config_path)
+    config = EncoderConfig.from_dict(raw_config, source=str(config_path))
+    sbert_path = folder / "sentence_bert_config.json"
+    sbert = _read_json(sbert_path) if sbert_path.is_file() else {}
+    task = sbert.get("transformer_task", "feature-extraction")
+    if task != "feature-extraction":
+        raise ValueError(f"{sbert_path}: transformer_task {task!r} is not supported, only 'feature-extraction'")
+
+    weights_path = find_weights(folder)
+    tensors = read_tensors(weights_path)
+    tensors, dropped = normalize_hf_keys(tensors, config.architecture)
+    if dropped:
+        logger.info("%s: ignoring %d task-head tensors, as AutoModel does: %s", weights_path, len(dropped), dropped[:4])
+    with_pooler = "pooler.dense.weight" in tensors
+    cls = encoder_class(config)
+    graphdef, state, shapes = abstract_params(lambda: cls(config, dtype=dtype, with_pooler=with_pooler, rngs=nnx.Rngs(0)))
+    params = torch_to_flax(BERT_RULES, tensors, shapes, str(weights_path), ignore=BERT_BUFFERS)
+    transformer = merge_params(graphdef, state, params)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if not tokenizer.is_fast:
+        raise ValueError(f"{folder}: flaxenc needs a fast tokenizer (tokenizer.json)")
+    do_lower_case = bool(sbert.get("do_lower_case", False))
+    max_seq_length = sbert.get("max_seq_length")
+    if max_seq_length is None:
+        # ST reads the tokenizer's model_max_length, capped by the position table.
+        max_seq_length = min(tokenizer.model_max_length, config.max_position_embeddings)
+    set_tokenizer_options(tokenizer, int(max_seq_length), do_lower_case)
+    return transformer, tokenizer, int(max_seq_length), do_lower_case, raw_config
+
+
+def set_tokenizer_options(tokenizer: PreTrainedTokenizerBase, max_seq_length: int, do_lower_case: bool) -> None:
+    """Truncation length and lower-casing, applied to the tokenizer as ST's Transformer does."""
+    tokenizer.model_max_length = max_seq_length
+    if do_lower_case:
+        normalizer = tokenizer.backend_tokenizer.normalizer
+        parts = list(normalizer) if isinstance(normalizer, NormalizerSequence) else [normalizer]
+        if not any(isinstance(part, Lowercase) for part in parts):
+            tokenizer.backend_tokenizer.normalizer = NormalizerSequence(
+                [Lowercase()] + [part for part in parts if part is not None]
+            )
+
+
+def _load_pooling(folder: Path, hidden: int) -> Pooling:
+    config_path = folder / "config.json"
+    config = dict(_read_json(config_path)) if config_path.is_file() else {}
+    dim = config.get("embedding_dimension", config.get("word_embedding_dimension", hidden))
+    if dim != hidden:
+        raise ValueError(f"{config_path}: embedding_dimension {dim} differs from the transformer's hidden size {hidden}")
+    modes = config.get("pooling_mode")
+    if modes is None:
+        # Legacy boolean keys, read as ST's _convert_legacy_pooling_kwargs; none set means mean.
+        modes = tuple(mode for key, mode in LEGACY_MODE_KEYS.items() if config.get(key, False)) or ("mean",)
+    try:
+        return Pooling(dim, modes, include_prompt=bool(config.get("include_prompt", True)))
+    except ValueError as error:
+        raise ValueError(f"{config_path}: {error}") from None
+
+
+def _load_head(kind: str, folder: Path, dim: int, dtype) -> nnx.Module:
+    config_path = folder / "config.json"
+    config = dict(_read_json(config_path)) if config_path.is_file() else {}
+    for key in ("module_input_name", "module_output_name"):
+        if config.get(key, "sentence_embedding") != "sentence_embedding":
+            raise ValueError(f"{config_path}: {key} {config[key]!r} is not supported, only 'sentence_embedding'")
+    if kind == "Normalize":
+        return Normalize()
+    if kind == "Dropout":
+        return Dropout(config.get("dropout", 0.2))
+    if kind == "LayerNorm":
+        dimension = config.get("dimension", dim)
+        factory, rules = (lambda: EmbeddingLayerNorm(dimension)), LAYER_NORM_RULES
+    else:  # Dense
+        missing = [key for key in ("in_features", "out_features") if key not in config]
+        if missing:
+            raise ValueError(f"{config_path}: missing key {missing[0]!r}")
+        if config["in_features"] != dim:
+            raise ValueError(f"{config_path}: in_features {config['in_features']} differs from the input dimension {dim}")
+        kwargs = dict(
+            in_features=config["in_features"],
+            out_features=config["out_features"],
+            bias=config.get("bias", True),
+            activation_function=config.get("activation_function", "torch.nn.modules.activation.Tanh"),
+            use_residual=config.get("use_residual", False),
+        )
+        factory, rules = (lambda: Dense(**kwargs, dtype=dtype, rngs=nnx.Rngs(0))), DENSE_RULES
+    try:
+        graphdef, state, shapes = abstract_params(factory)
+    except ValueError as error:  # an unknown activation, say
+        raise ValueError(f"{config_path}: {error}") from None
+    weights_path = find_weights(folder)
+    params = torch_to_flax(rules, read_tensors(weights_path), shapes, str(weights_path))
+    return merge_params(graphdef, state, params)
+
+
+def save_st_folder(folder: str | os.PathLike, loaded: STFolder) -> None:
+    """Writes an ST folder that sentence_transformers.SentenceTransformer loads unchanged."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = loaded.model
+    modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["Transformer"]}]
+
+    # Transformer: config.json, weights, tokenizer and the ST options at the root.
+    transformer: BertModel = model.transformer
+    config = {**loaded.transformer_config, **transformer.config.to_dict()}
+    if "architectures" in loaded.transformer_config:
+        config["architectures"] = loaded.transformer_config["architectures"]
+    _write_json(folder / "config.json", config)
+    write_safetensors(flax_to_torch(BERT_RULES, flat_params(transformer)), folder / SAFETENSORS)
+    loaded.tokenizer.save_pretrained(str(folder))
+    _write_json(
+        folder / "sentence_bert_config.json",
+        {"max_seq_length": loaded.max_seq_length, "do_lower_case": loaded.do_lower_case},
+    )
+
+    pooling = model.pooling
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": MODULE_TYPES["Pooling"]})
+    modes = pooling.modes[0] if len(pooling.modes) == 1 else list(pooling.modes)
+    _write_json(
+        folder / "1_Pooling" / "config.json",
+        {
+            "embedding_dimension": pooling.embedding_dimension,
+            "pooling_mode": modes,
+            "include_prompt": pooling.include_prompt,
+        },
+    )
+    for idx, head in enumerate(model.heads, start=2):
+        kind = _HEAD_KINDS[type(head)]
+        path = f"{idx}_{kind}"
+        modules.append({"idx": idx, "name": str(idx), "path": path, "type": MODULE_TYPES[kind]})
+        (folder / path).mkdir(parents=True, exist_ok=True)
+        if kind == "Dense":
+            dense_config = {
+                "in_features": head.in_features,
+                "out_features": head.out_features,
+                "bias": head.bias,
+                "activation_function": head.activation_function,
+            }
+            if head.use_residual:
+                dense_config["use_residual"] = True
+            _write_json(folder / path / "config.json", dense_config)
+            write_safetensors(flax_to_torch(DENSE_RULES, flat_params(head)), folder / path / SAFETENSORS)
+        elif kind == "Dropout":
+            _write_json(folder / path / "config.json", {"dropout": head.rate})
+        elif kind == "LayerNorm":
+            _write_json(folder / path / "config.json", {"dimension": head.dimension})
+            write_safetensors(flax_to_torch(LAYER_NORM_RULES, flat_params(head)), folder / path / SAFETENSORS)
+        else:
+            _write_json(folder / path / "config.json", {})
+    _write_json(folder / "modules.json", modules)
+
+    st_config = dict(loaded.st_config)
+    st_config.setdefault("model_type", "SentenceTransformer")
+    st_config.setdefault("prompts", {})
+    st_config.setdefault("default_prompt_name", None)
+    st_config.setdefault("similarity_fn_name", "cosine")
+    from flaxenc import __version__
+
+    st_config["__version__"] = {"flaxenc": __version__}
+    _write_json(folder / "config_sentence_transformers.json", st_config)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")

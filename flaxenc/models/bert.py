@@ -1,0 +1,150 @@
+"""BERT encoder in Flax NNX, numerically equal to transformers' BertModel (post-LN)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flaxenc.models.config import EncoderConfig
+from flaxenc.modules.dropout import dropout
+from flaxenc.modules.layer_norm import LayerNorm
+
+# config.json `hidden_act` -> function, as transformers' ACT2FN.
+_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def _split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def bert_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
+    """0, 1, 2, ... on every row, pads included."""
+    del pad_token_id
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        H = config.hidden_size
+        self.dropout_rate = config.hidden_dropout_prob
+        self.word_embeddings = nnx.Embed(config.vocab_size, H, dtype=dtype, rngs=rngs)
+        self.position_embeddings = nnx.Embed(config.max_position_embeddings, H, dtype=dtype, rngs=rngs)
+        self.token_type_embeddings = nnx.Embed(config.type_vocab_size, H, dtype=dtype, rngs=rngs)
+        self.layer_norm = LayerNorm(H, config.layer_norm_eps)
+
+    def __call__(self, input_ids, position_ids, token_type_ids, dropout_key=None) -> jax.Array:
+        # Summed in transformers' order: (word + token type) + position.
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)
+        return dropout(self.layer_norm(x), self.dropout_rate, dropout_key)  # [B, T, H]
+
+
+class Attention(nnx.Module):
+    """Self-attention, output projection, residual and LayerNorm (BertAttention)."""
+
+    def __init__(self, config: EncoderConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        H = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.dropout_rate = config.hidden_dropout_prob
+        self.attention_dropout_rate = config.attention_probs_dropout_prob
+        self.query = nnx.Linear(H, H, dtype=dtype, rngs=rngs)
+        self.key = nnx.Linear(H, H, dtype=dtype, rngs=rngs)
+        self.value = nnx.Linear(H, H, dtype=dtype, rngs=rngs)
+        self.output = nnx.Linear(H, H, dtype=dtype, rngs=rngs)
+        self.layer_norm = LayerNorm(H, config.layer_norm_eps)
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        return x.reshape(*x.shape[:2], self.num_heads, self.head_dim)  # [B, T, N, D]
+
+    def __call__(self, x, attention_mask, dropout_key=None) -> jax.Array:
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]: keys that are real tokens
+        attention_key, output_key = _split_key(dropout_key, 2)
+        if attention_key is None or self.attention_dropout_rate == 0.0:
+            # Fused kernel (cuDNN flash attention on GPU where it applies).
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        else:
+            # Dropout on the attention probabilities needs them written out.
+            scores = jnp.einsum("btnd,bsnd->bnts", q, k) / jnp.sqrt(self.head_dim).astype(q.dtype)
+            scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+            probs = dropout(probs, self.attention_dropout_rate, attention_key)
+            context = jnp.einsum("bnts,bsnd->btnd", probs, v)
+        context = context.reshape(*x.shape[:2], -1)  # [B, T, H]
+        out = dropout(self.output(context), self.dropout_rate, output_key)
+        return self.layer_norm(out + x)
+
+
+class Layer(nnx.Module):
+    """One post-LN transformer block: attention, then feed-forward with residual and LayerNorm."""
+
+    def __init__(self, config: EncoderConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.dropout_rate = config.hidden_dropout_prob
+        self.hidden_act = config.hidden_act
+        self.attention = Attention(config, dtype=dtype, rngs=rngs)
+        self.intermediate = nnx.Linear(config.hidden_size, config.intermediate_size, dtype=dtype, rngs=rngs)
+        self.output = nnx.Linear(config.intermediate_size, config.hidden_size, dtype=dtype, rngs=rngs)
+        self.layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+    def __call__(self, x, attention_mask, dropout_key=None) -> jax.Array:
+        attention_key, ffn_key = _split_key(dropout_key, 2)
+        x = self.attention(x, attention_mask, attention_key)
+        h = _ACTIVATIONS[self.hidden_act](self.intermediate(x))  # [B, T, I]
+        h = dropout(self.output(h), self.dropout_rate, ffn_key)
+        return self.layer_norm(h + x)
+
+
+class Pooler(nnx.Module):
+    """BERT's [CLS] pooler; loaded and saved so checkpoints round-trip, unused by sentence pooling."""
+
+    def __init__(self, config: EncoderConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(config.hidden_size, config.hidden_size, dtype=dtype, rngs=rngs)
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        return jnp.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(nnx.Module):
+    """input ids [B, T] and mask [B, T] -> token embeddings [B, T, H]."""
+
+    position_ids = staticmethod(bert_position_ids)
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        with_pooler: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.config = config
+        self.dtype = dtype
+        self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([Layer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.pooler = Pooler(config, dtype=dtype, rngs=rngs) if with_pooler else None
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        token_type_ids: jax.Array | None = None,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        position_ids = self.position_ids(input_ids, self.config.pad_token_id)
+        keys = _split_key(dropout_key, len(self.layers) + 1)
+        x = self.embeddings(input_ids, position_ids, token_type_ids, keys[0])
+        for layer, key in zip(self.layers, keys[1:]):
+            x = layer(x, attention_mask, key)
+        return x
