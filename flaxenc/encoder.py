@@ -46,10 +46,10 @@ def _embed(graphdef, state, input_ids, attention_mask, prompt_length):
 class SentenceEncoder:
     """A sentence-transformers model in Flax: `SentenceEncoder.from_pretrained(path).encode(texts)`."""
 
-    def __init__(self, folder: STFolder, dtype: jnp.dtype = jnp.float32):
+    def __init__(self, folder: STFolder, dtype: jnp.dtype = jnp.float32, devices: Sequence[jax.Device] | None = None):
         self._folder = folder
         self.dtype = jnp.dtype(dtype)
-        self._mesh = sharding.data_mesh()
+        self._mesh = sharding.data_mesh(devices)
         self._compiled_shapes: set[tuple[int, int]] = set()
         self.model = folder.model
 
@@ -59,16 +59,18 @@ class SentenceEncoder:
         name_or_path: str | os.PathLike,
         dtype: str | jnp.dtype = jnp.float32,
         cache_folder: str | None = None,
+        devices: Sequence[jax.Device] | None = None,
     ) -> SentenceEncoder:
         """Loads an ST folder, a transformers folder, or a hub id (downloaded when online).
 
         `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32.
+        encode() splits each batch over `devices` (default: all local devices).
         """
         dtype = jnp.dtype(dtype)
         if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
             raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
         folder = resolve_folder(name_or_path, cache_folder)
-        return cls(load_st_folder(folder, dtype=dtype), dtype=dtype)
+        return cls(load_st_folder(folder, dtype=dtype), dtype=dtype, devices=devices)
 
     # -- the module stack ------------------------------------------------------------------
 
@@ -148,8 +150,11 @@ class SentenceEncoder:
         so XLA compiles a bounded number of programs; the input order is restored.
         """
         single = isinstance(sentences, str)
-        texts = [sentences] if single else sentences
-        if not isinstance(texts, Sequence):
+        if single:
+            texts = [sentences]
+        elif isinstance(sentences, (Sequence, np.ndarray)) or hasattr(sentences, "__iter__"):
+            texts = [str(s) if isinstance(s, np.str_) else s for s in sentences]  # lists, arrays, generators
+        else:
             raise TypeError(f"sentences must be a string or a list of strings, not {type(sentences).__name__}")
         for index, text in enumerate(texts):
             if not isinstance(text, str):

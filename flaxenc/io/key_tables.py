@@ -132,7 +132,8 @@ def torch_to_flax(
             problems.append(f"missing key {_torch_key(rules, path)} {_shape(torch_shape)}")
     if problems:
         listing = "\n  ".join(problems)
-        raise ValueError(f"{source}: the weights do not fit the model ({len(problems)} problems):\n  {listing}")
+        count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+        raise ValueError(f"{source}: the weights do not fit the model ({count}):\n  {listing}")
     return filled
 
 

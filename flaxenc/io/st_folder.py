@@ -92,18 +92,20 @@ def resolve_folder(name_or_path: str | os.PathLike, cache_folder: str | None = N
         return path
     if path.exists():
         raise NotADirectoryError(f"{path}: is a file; from_pretrained takes a model folder or a hub id")
-    repo_id = str(name_or_path)
-    if "/" not in repo_id:
-        repo_id = f"sentence-transformers/{repo_id}"  # ST's shorthand for its own models
+    name = str(name_or_path)
+    if isinstance(name_or_path, os.PathLike) or name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such model folder")
+    repo_id = name if "/" in name else f"sentence-transformers/{name}"  # ST's shorthand for its own models
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=repo_id, cache_dir=cache_folder))
     except Exception as error:  # offline, unknown repo, bad id: all end here
+        reason = str(error).strip().rstrip(".")
         raise OSError(
-            f"{name_or_path!r} is not a local folder, and downloading {repo_id!r} from the Hugging Face hub "
-            f"failed: {type(error).__name__}: {error}. Offline (or with HF_HUB_OFFLINE=1), pass the path of "
-            "a local sentence-transformers or transformers model folder."
+            f"{name} is not a local folder, and downloading {repo_id} from the Hugging Face hub failed "
+            f"({type(error).__name__}: {reason}). Offline (or with HF_HUB_OFFLINE=1), pass the path of a "
+            "local sentence-transformers or transformers model folder."
         ) from None
 
 

@@ -1,0 +1,98 @@
+"""Data-parallel encode() over 8 fake CPU devices gives the embeddings one device gives.
+
+jax creates 8 CPU devices only when XLA_FLAGS=--xla_force_host_platform_device_count=8 is set
+before it is imported, so the check runs in a fresh Python process that writes its findings as
+JSON; the test reads that file and asserts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_default_matmul_precision", "float32")
+    import numpy as np
+    from flaxenc import SentenceEncoder
+
+    model_path, out_path = sys.argv[1], sys.argv[2]
+    words = "the quick brown fox jumps over a lazy dog near river bank while soup simmers slowly".split()
+    # 99 sentences of 1 to ~120 tokens, in no particular length order: 3 full batches of 32, then 3.
+    sentences = [" ".join(words[(i * 7 + j) % len(words)] for j in range(1 + (i * 37) % 97)) for i in range(99)]
+    sentences[5] = ""
+    sentences[17] = "Résumé of the café's naïve coöperation, 42 times!"
+
+    devices = jax.devices()
+    one = SentenceEncoder.from_pretrained(model_path, devices=devices[:1])
+    three = SentenceEncoder.from_pretrained(model_path, devices=devices[:3])
+    eight = SentenceEncoder.from_pretrained(model_path, devices=devices)  # all 8
+    expected = one.encode(sentences, batch_size=32)
+    results = {"n_devices": len(devices), "platform": devices[0].platform, "shape": list(expected.shape)}
+    # Three devices get batch_size 20, which is not a multiple of 3.
+    for name, encoder, batch_size in (("one", one, 32), ("three", three, 20), ("eight", eight, 32)):
+        embeddings = expected if encoder is one else encoder.encode(sentences, batch_size=batch_size)
+        leaf = jax.tree_util.tree_leaves(encoder._state)[0]
+        results[name] = {
+            "mesh_size": int(encoder._mesh.size),
+            "param_devices": len(leaf.sharding.device_set),
+            "batch_rows": sorted({rows for rows, _ in encoder.compiled_shapes}),
+            "max_diff": float(np.abs(embeddings - expected).max()),
+            "finite": bool(np.isfinite(embeddings).all()),
+        }
+    # MiniLM ends in Normalize: every row has norm 1, so no row was lost or left as padding.
+    results["norms"] = [float(np.linalg.norm(expected, axis=1).min()), float(np.linalg.norm(expected, axis=1).max())]
+    with open(out_path, "w") as f:
+        json.dump(results, f)
+    """
+)
+
+
+def test_eight_devices_match_one(minilm_path, tmp_path):
+    """MiniLM on 1, 3 and 8 devices: same embeddings (<= 1e-5), each batch padded to split evenly."""
+    script = tmp_path / "multidevice.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "result.json"
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    process = subprocess.run(
+        [sys.executable, str(script), str(minilm_path), str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, f"subprocess failed:\n{process.stderr[-4000:]}"
+    result = json.loads(out.read_text())
+
+    assert result["n_devices"] == 8
+    assert result["platform"] == "cpu"
+    assert result["shape"] == [99, 384]
+    assert 1 - 1e-5 <= result["norms"][0] <= result["norms"][1] <= 1 + 1e-5
+    for name, n in (("one", 1), ("three", 3), ("eight", 8)):
+        run = result[name]
+        assert run["finite"]
+        assert run["max_diff"] <= TOLERANCE, f"{name}: max abs diff {run['max_diff']:.2e} > {TOLERANCE}"
+        assert run["mesh_size"] == n
+        assert run["param_devices"] == n  # parameters replicated on every device of the mesh
+        assert all(rows % n == 0 for rows in run["batch_rows"]), f"{name}: batch rows {run['batch_rows']}"
+    # One device pads the last 3 sentences to 4 rows; 8 devices pad them to 8 (one row per device),
+    # and full batches stay 32. Three devices round batch_size 20 up to 21 (4 batches of 21, then
+    # 15 sentences, padded to 16 and then to 18).
+    assert result["one"]["batch_rows"] == [4, 32]
+    assert result["eight"]["batch_rows"] == [8, 32]
+    assert result["three"]["batch_rows"] == [18, 21]
