@@ -6,6 +6,9 @@ from flaxenc.encoder import SentenceEncoder
 from flaxenc.models import BertModel, EncoderConfig, RobertaModel
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, LayerNorm, Normalize, Pooling, pool
 from flaxenc.sentence_model import SentenceModel
+from flaxenc import losses, optim
+from flaxenc.optim import OptimizerConfig, adamw, learning_rate_schedule
+from flaxenc.train_step import TrainState, TrainStep, embed_columns, init_train_state
 
 __all__ = [
     "BertModel",
@@ -18,6 +21,15 @@ __all__ = [
     "Pooling",
     "RobertaModel",
     "SentenceEncoder",
+    "OptimizerConfig",
     "SentenceModel",
+    "TrainState",
+    "TrainStep",
+    "adamw",
+    "embed_columns",
+    "init_train_state",
+    "learning_rate_schedule",
+    "losses",
+    "optim",
     "pool",
 ]

@@ -17,6 +17,11 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def global_data_mesh() -> Mesh:
+    """A one-axis mesh over every device of every process (training)."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over the data axis, other axes whole."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))

@@ -1,0 +1,518 @@
+"""sentence-transformers' losses as pure JAX functions of embeddings and labels.
+
+Each loss copies the math and defaults of ST 6.2 (sentence_transformers/sentence_transformer/losses/);
+the comment above each function names the file. Two layers:
+
+- one pure function per loss, `contrastive_loss(anchor, other, labels, ...) -> scalar`;
+- one frozen (hashable, so a static argument of `jax.jit`) dataclass per loss, named as ST's class,
+  holding the hyper-parameters with ST's defaults and called as `loss(embeddings, labels)`, with one
+  [B, D] array per text column in column order (anchor, positive, negatives...) and the label column
+  (None for losses without labels).
+
+Everything is computed in float32. Under `jax.jit` with the batch sharded over a mesh, these functions
+see the global batch (jit's global view), so in-batch negatives come from every device without a
+`shard_map` or an all-gather: MultipleNegativesRankingLoss always behaves as ST's
+`gather_across_devices=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+# ----------------------------------------------------------------------------- similarity helpers
+
+
+def _as_float32(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+def _l2_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array:
+    """||x||_2 whose gradient at x = 0 is 0 (as torch's), not NaN (as jnp.linalg.norm's)."""
+    squared = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    nonzero = squared > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squared, 1.0)), 0.0)
+
+
+def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """torch.nn.functional.normalize(x, p=2, dim=-1): x / max(||x||, eps)."""
+    return x / jnp.maximum(_l2_norm(x, keepdims=True), eps)
+
+
+def _torch_cosine_similarity(x: jax.Array, y: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """torch.cosine_similarity(x, y): each side divided by its norm clamped at eps, then summed."""
+    return jnp.sum(x / jnp.maximum(_l2_norm(x, keepdims=True), eps) * (y / jnp.maximum(_l2_norm(y, keepdims=True), eps)), axis=-1)
+
+
+def pairwise_cos_sim(x: jax.Array, y: jax.Array) -> jax.Array:
+    """cos(x[i], y[i]) -> [B]; ST util/similarity.py pairwise_cos_sim (F.normalize, eps 1e-12)."""
+    return jnp.sum(_normalize(x) * _normalize(y), axis=-1)
+
+
+def cos_sim(x: jax.Array, y: jax.Array) -> jax.Array:
+    """cos(x[i], y[j]) -> [Bx, By]; ST util/similarity.py cos_sim."""
+    return _normalize(x) @ _normalize(y).T
+
+
+def pairwise_angle_sim(x: jax.Array, y: jax.Array) -> jax.Array:
+    """|cos(x, y) + sin(x, y)| pairing dims i and i + D/2 -> [B]; ST util/similarity.py pairwise_angle_sim."""
+    if x.shape[-1] % 2:  # ST pads an odd dimension with one zero
+        x, y = (jnp.pad(t, ((0, 0), (0, 1))) for t in (x, y))
+    x, y = _normalize(x), _normalize(y)
+    half = x.shape[-1] // 2
+    sines = jnp.sum(x[:, half:] * y[:, :half] - x[:, :half] * y[:, half:], axis=-1)
+    return jnp.abs(jnp.sum(x * y, axis=-1) + sines)
+
+
+# ContrastiveLoss / OnlineContrastiveLoss distances; ST losses/contrastive.py SiameseDistanceMetric.
+# F.pairwise_distance adds eps = 1e-6 to the difference before taking the norm.
+SIAMESE_DISTANCES = {
+    "euclidean": lambda x, y: _l2_norm(x - y + 1e-6),
+    "manhattan": lambda x, y: jnp.sum(jnp.abs(x - y + 1e-6), axis=-1),
+    "cosine_distance": lambda x, y: 1.0 - _torch_cosine_similarity(x, y),
+}
+
+# TripletLoss distances; ST losses/triplet.py TripletDistanceMetric (no eps here).
+TRIPLET_DISTANCES = {
+    "euclidean": lambda x, y: _l2_norm(x - y),
+    "manhattan": lambda x, y: jnp.sum(jnp.abs(x - y), axis=-1),
+    "cosine": lambda x, y: 1.0 - pairwise_cos_sim(x, y),
+}
+
+
+def _pick(table: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {sorted(table)}")
+    return table[name]
+
+
+def _check_labels(labels: jax.Array | None, batch_size: int, loss_name: str) -> jax.Array:
+    """Labels flattened to [B] float32; ST raises the same error when their count is not B."""
+    if labels is None:
+        raise ValueError(f"{loss_name} requires labels")
+    labels = _as_float32(labels).reshape(-1)
+    if labels.shape[0] != batch_size:
+        raise ValueError(f"{loss_name} expects {batch_size} labels (one per example), got {labels.shape[0]}")
+    return labels
+
+
+# ----------------------------------------------------------------------------- pure loss functions
+
+
+# ST losses/cosine_similarity.py: loss_fct(cos(u, v), labels), loss_fct nn.MSELoss() or nn.L1Loss().
+def cosine_similarity_loss(anchor: jax.Array, other: jax.Array, labels: jax.Array, loss_fct: str = "mse") -> jax.Array:
+    errors = _torch_cosine_similarity(_as_float32(anchor), _as_float32(other)) - _check_labels(
+        labels, anchor.shape[0], "CosineSimilarityLoss"
+    )
+    inner = _pick({"mse": jnp.square, "l1": jnp.abs}, loss_fct, "loss_fct")
+    return jnp.mean(inner(errors))
+
+
+# ST losses/contrastive.py: 0.5 * (y d^2 + (1 - y) relu(margin - d)^2), mean or sum.
+def contrastive_loss(
+    anchor: jax.Array,
+    other: jax.Array,
+    labels: jax.Array,
+    distance_metric: str = "cosine_distance",
+    margin: float = 0.5,
+    size_average: bool = True,
+) -> jax.Array:
+    labels = _check_labels(labels, anchor.shape[0], "ContrastiveLoss")
+    distances = _pick(SIAMESE_DISTANCES, distance_metric, "distance_metric")(_as_float32(anchor), _as_float32(other))
+    losses = 0.5 * (labels * distances**2 + (1 - labels) * jax.nn.relu(margin - distances) ** 2)
+    return jnp.mean(losses) if size_average else jnp.sum(losses)
+
+
+# ST losses/online_contrastive.py: only hard pairs count, i.e. negatives closer than the farthest
+# positive and positives farther than the closest negative; labels other than 0 and 1 are ignored.
+def online_contrastive_loss(
+    anchor: jax.Array,
+    other: jax.Array,
+    labels: jax.Array,
+    distance_metric: str = "cosine_distance",
+    margin: float = 0.5,
+) -> jax.Array:
+    labels = _check_labels(labels, anchor.shape[0], "OnlineContrastiveLoss")
+    distances = _pick(SIAMESE_DISTANCES, distance_metric, "distance_metric")(_as_float32(anchor), _as_float32(other))
+    is_positive, is_negative = labels == 1, labels == 0
+    # Boolean indexing in ST; here masks, so shapes stay static. The thresholds carry no gradient.
+    thresholds = jax.lax.stop_gradient(distances)
+    farthest_positive = jnp.max(jnp.where(is_positive, thresholds, -jnp.inf))
+    closest_negative = jnp.min(jnp.where(is_negative, thresholds, jnp.inf))
+    mean_positive = jnp.sum(jnp.where(is_positive, thresholds, 0.0)) / jnp.sum(is_positive)
+    mean_negative = jnp.sum(jnp.where(is_negative, thresholds, 0.0)) / jnp.sum(is_negative)
+    # Without positives ST compares negatives to their own mean, and positives likewise.
+    negative_threshold = jnp.where(jnp.any(is_positive), farthest_positive, mean_negative)
+    positive_threshold = jnp.where(jnp.any(is_negative), closest_negative, mean_positive)
+    hard_negatives = is_negative & (distances < negative_threshold)
+    hard_positives = is_positive & (distances > positive_threshold)
+    positive_loss = jnp.sum(jnp.where(hard_positives, distances**2, 0.0))
+    negative_loss = jnp.sum(jnp.where(hard_negatives, jax.nn.relu(margin - distances) ** 2, 0.0))
+    return positive_loss + negative_loss
+
+
+MNRL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+MNRL_HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+
+
+def _check_mnrl_options(scale: float, directions: Sequence[str], partition_mode: str, hardness_mode, hardness_strength):
+    """The argument checks of ST's MultipleNegativesRankingLoss.__init__."""
+    if not scale > 0:
+        raise ValueError("scale must be a positive value")
+    if not directions or not set(directions) <= set(MNRL_DIRECTIONS):
+        raise ValueError(f"invalid directions {tuple(directions)}; choose from {MNRL_DIRECTIONS}")
+    if "query_to_doc" not in directions:
+        raise ValueError("'query_to_doc' direction is required (contains the positive pair)")
+    if partition_mode not in ("joint", "per_direction"):
+        raise ValueError(f"partition_mode must be 'joint' or 'per_direction', got {partition_mode!r}")
+    if partition_mode == "per_direction" and set(directions) & {"query_to_query", "doc_to_doc"}:
+        raise ValueError("partition_mode='per_direction' cannot be used with 'query_to_query' or 'doc_to_doc'")
+    if hardness_mode not in MNRL_HARDNESS_MODES:
+        raise ValueError(f"hardness_mode must be one of {MNRL_HARDNESS_MODES}, got {hardness_mode!r}")
+    if hardness_strength < 0:
+        raise ValueError("hardness_strength must be non-negative")
+
+
+# ST losses/multiple_negatives_ranking.py: cross-entropy of scale * cos(query_i, doc_j) over every
+# positive and hard negative in the batch; row i's target is its own positive (column i).
+# Under jit on a sharded batch this is the global batch, i.e. ST's gather_across_devices=True.
+def multiple_negatives_ranking_loss(
+    anchor: jax.Array,
+    positive: jax.Array,
+    *negatives: jax.Array,
+    scale: float = 20.0,
+    directions: Sequence[str] = ("query_to_doc",),
+    partition_mode: str = "joint",
+    hardness_mode: str | None = None,
+    hardness_strength: float = 0.0,
+) -> jax.Array:
+    _check_mnrl_options(scale, directions, partition_mode, hardness_mode, hardness_strength)
+    queries, positives = _as_float32(anchor), _as_float32(positive)
+    docs = jnp.concatenate([positives, *(_as_float32(n) for n in negatives)])  # [B * (1 + N), D]
+    batch_size, columns = queries.shape[0], 1 + len(negatives)
+    own_docs = jnp.tile(jnp.eye(batch_size, dtype=bool), (1, columns))  # [B, B * (1 + N)]
+
+    similarities = {"query_to_doc": cos_sim(queries, docs)}
+    if "query_to_query" in directions:
+        similarities["query_to_query"] = jnp.where(jnp.eye(batch_size, dtype=bool), -jnp.inf, cos_sim(queries, queries))
+    if "doc_to_query" in directions:
+        similarities["doc_to_query"] = cos_sim(queries, positives).T
+    if "doc_to_doc" in directions:
+        similarities["doc_to_doc"] = jnp.where(own_docs, -jnp.inf, cos_sim(docs, positives).T)
+
+    logits = {key: value * scale for key, value in similarities.items()}
+    if hardness_mode is not None and hardness_strength > 0:
+        # Lan et al. 2025: add alpha * stop_grad(cos) to the chosen negatives' logits, unscaled.
+        is_hard_negative = own_docs.at[:, :batch_size].set(False)
+        is_in_batch_negative = ~own_docs
+        penalized = {
+            "hard_negatives": is_hard_negative,
+            "in_batch_negatives": is_in_batch_negative,
+            "all_negatives": is_hard_negative | is_in_batch_negative,
+        }[hardness_mode]
+        penalty = hardness_strength * jax.lax.stop_gradient(similarities["query_to_doc"])
+        logits["query_to_doc"] = logits["query_to_doc"] + jnp.where(penalized, penalty, 0.0)
+
+    positive_logits = jnp.diagonal(logits["query_to_doc"][:, :batch_size])
+    if partition_mode == "joint":
+        log_partition = jax.nn.logsumexp(jnp.concatenate(list(logits.values()), axis=1), axis=1)
+    else:
+        log_partition = sum(jax.nn.logsumexp(value, axis=1) for value in logits.values()) / len(logits)
+    return -jnp.mean(positive_logits - log_partition)
+
+
+def _cosent(scores: jax.Array, labels: jax.Array) -> jax.Array:
+    """log(1 + sum over pairs with label_i < label_j of exp(s_i - s_j)); scores [B] already scaled."""
+    # ST sorts by label and sums with a suffix logcumsumexp (O(B) memory); this [B, B] form is the same sum.
+    differences = jnp.where(labels[:, None] < labels[None, :], scores[:, None] - scores[None, :], -jnp.inf)
+    return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1), differences.ravel()]))
+
+
+# ST losses/cosent.py: CoSENT on scale * pairwise cosine similarity.
+def cosent_loss(anchor: jax.Array, other: jax.Array, labels: jax.Array, scale: float = 20.0) -> jax.Array:
+    labels = _check_labels(labels, anchor.shape[0], "CoSENTLoss")
+    return _cosent(scale * pairwise_cos_sim(_as_float32(anchor), _as_float32(other)), labels)
+
+
+# ST losses/angle.py: CoSENT on scale * pairwise_angle_sim. With negative columns, every (anchor, column)
+# pair becomes a row: positives keep their label (1 where labels is None), negatives get 1 - label.
+def angle_loss(
+    anchor: jax.Array, positive: jax.Array, *negatives: jax.Array, labels: jax.Array | None, scale: float = 20.0
+) -> jax.Array:
+    if not negatives and labels is None:
+        raise ValueError("AnglELoss requires labels for datasets with pairs")
+    labels = jnp.ones(anchor.shape[0]) if labels is None else _check_labels(labels, anchor.shape[0], "AnglELoss")
+    anchors = jnp.tile(_as_float32(anchor), (1 + len(negatives), 1))
+    candidates = jnp.concatenate([_as_float32(positive), *(_as_float32(n) for n in negatives)])
+    pair_labels = jnp.concatenate([labels, jnp.tile(1 - labels, len(negatives))])
+    return _cosent(scale * pairwise_angle_sim(anchors, candidates), pair_labels)
+
+
+# ST losses/triplet.py: mean of relu(d(anchor, positive) - d(anchor, negative) + triplet_margin).
+def triplet_loss(
+    anchor: jax.Array, positive: jax.Array, negative: jax.Array, distance_metric: str = "euclidean", triplet_margin: float = 5.0
+) -> jax.Array:
+    distance = _pick(TRIPLET_DISTANCES, distance_metric, "distance_metric")
+    anchor = _as_float32(anchor)
+    return jnp.mean(jax.nn.relu(distance(anchor, _as_float32(positive)) - distance(anchor, _as_float32(negative)) + triplet_margin))
+
+
+# ST losses/mse.py (EmbedDistillLoss, distance "mse"): mean over columns of the elementwise MSE to the
+# teacher; teacher [B, D] is shared by every column, [B, C, D] gives column c its own teacher.
+def mse_loss(*students: jax.Array, teacher: jax.Array) -> jax.Array:
+    teacher = jax.lax.stop_gradient(_as_float32(teacher))
+    if teacher.ndim == 2:
+        teachers = [teacher] * len(students)
+    elif teacher.ndim == 3 and teacher.shape[1] == len(students):
+        teachers = [teacher[:, column] for column in range(len(students))]
+    else:
+        raise ValueError(
+            f"teacher embeddings must be [batch, dim] or [batch, {len(students)} columns, dim]; got shape {teacher.shape}"
+        )
+    return jnp.mean(jnp.stack([jnp.mean((_as_float32(s) - t) ** 2) for s, t in zip(students, teachers)]))
+
+
+# ----------------------------------------------------------------------------- loss objects
+
+
+class _Loss:
+    """Shared by the loss dataclasses: `name` is the key in LOSSES, `takes_labels` says whether labels are read."""
+
+    name: ClassVar[str]
+    takes_labels: ClassVar[bool] = True
+
+    def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None) -> jax.Array:
+        raise NotImplementedError
+
+
+def _columns(embeddings: Sequence[jax.Array], expected: int | None, loss_name: str, at_least: int = 2) -> list:
+    embeddings = list(embeddings)
+    if (expected is not None and len(embeddings) != expected) or len(embeddings) < at_least:
+        wanted = expected if expected is not None else f"at least {at_least}"
+        raise ValueError(f"{loss_name} expects {wanted} embedding columns, got {len(embeddings)}")
+    return embeddings
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineSimilarityLoss(_Loss):
+    name: ClassVar[str] = "cosine_similarity"
+    # "mse" (ST's default nn.MSELoss) or "l1" (nn.L1Loss); cos_score_transformation is the identity
+    loss_fct: str = "mse"
+
+    def __post_init__(self):
+        _pick({"mse": 0, "l1": 0}, self.loss_fct, "loss_fct")
+
+    def __call__(self, embeddings, labels):
+        return cosine_similarity_loss(*_columns(embeddings, 2, "CosineSimilarityLoss"), labels, self.loss_fct)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveLoss(_Loss):
+    name: ClassVar[str] = "contrastive"
+    # ST's default is SiameseDistanceMetric.COSINE_DISTANCE; also "euclidean", "manhattan"
+    distance_metric: str = "cosine_distance"
+    margin: float = 0.5
+    # mean over the batch if True, else sum
+    size_average: bool = True
+
+    def __post_init__(self):
+        _pick(SIAMESE_DISTANCES, self.distance_metric, "distance_metric")
+
+    def __call__(self, embeddings, labels):
+        anchor, other = _columns(embeddings, 2, "ContrastiveLoss")
+        return contrastive_loss(anchor, other, labels, self.distance_metric, self.margin, self.size_average)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineContrastiveLoss(_Loss):
+    name: ClassVar[str] = "online_contrastive"
+    distance_metric: str = "cosine_distance"
+    margin: float = 0.5
+
+    def __post_init__(self):
+        _pick(SIAMESE_DISTANCES, self.distance_metric, "distance_metric")
+
+    def __call__(self, embeddings, labels):
+        anchor, other = _columns(embeddings, 2, "OnlineContrastiveLoss")
+        return online_contrastive_loss(anchor, other, labels, self.distance_metric, self.margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultipleNegativesRankingLoss(_Loss):
+    name: ClassVar[str] = "multiple_negatives_ranking"
+    takes_labels: ClassVar[bool] = False
+    # logits are scale * cosine similarity (scale = 1 / temperature)
+    scale: float = 20.0
+    # subset of MNRL_DIRECTIONS; must contain "query_to_doc"
+    directions: tuple[str, ...] = ("query_to_doc",)
+    # "joint": one softmax over all directions; "per_direction": mean of one log-partition per direction
+    partition_mode: str = "joint"
+    # None, "in_batch_negatives", "hard_negatives" or "all_negatives"
+    hardness_mode: str | None = None
+    hardness_strength: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "directions", tuple(self.directions))
+        _check_mnrl_options(self.scale, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength)
+
+    def __call__(self, embeddings, labels=None):
+        return multiple_negatives_ranking_loss(
+            *_columns(embeddings, None, "MultipleNegativesRankingLoss"),
+            scale=self.scale,
+            directions=self.directions,
+            partition_mode=self.partition_mode,
+            hardness_mode=self.hardness_mode,
+            hardness_strength=self.hardness_strength,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CoSENTLoss(_Loss):
+    name: ClassVar[str] = "cosent"
+    scale: float = 20.0
+
+    def __call__(self, embeddings, labels):
+        anchor, other = _columns(embeddings, 2, "CoSENTLoss")
+        return cosent_loss(anchor, other, labels, self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnglELoss(_Loss):
+    name: ClassVar[str] = "angle"
+    scale: float = 20.0
+
+    def __call__(self, embeddings, labels):
+        return angle_loss(*_columns(embeddings, None, "AnglELoss"), labels=labels, scale=self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class TripletLoss(_Loss):
+    name: ClassVar[str] = "triplet"
+    takes_labels: ClassVar[bool] = False
+    # "euclidean" (ST's default), "cosine" or "manhattan"
+    distance_metric: str = "euclidean"
+    triplet_margin: float = 5.0
+
+    def __post_init__(self):
+        _pick(TRIPLET_DISTANCES, self.distance_metric, "distance_metric")
+
+    def __call__(self, embeddings, labels=None):
+        return triplet_loss(*_columns(embeddings, 3, "TripletLoss"), self.distance_metric, self.triplet_margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class MSELoss(_Loss):
+    """Labels are the teacher's embeddings: [B, D] for every column, or [B, C, D] one per column."""
+
+    name: ClassVar[str] = "mse"
+
+    def __call__(self, embeddings, labels):
+        if labels is None:
+            raise ValueError("MSELoss requires the teacher's embeddings as labels")
+        return mse_loss(*_columns(embeddings, None, "MSELoss", at_least=1), teacher=labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatryoshkaLoss(_Loss):
+    """Sum over dims of weight * loss(embeddings cut to dim and re-normalized); ST losses/matryoshka.py.
+
+    ST's `shrink` slices AND L2-normalizes each column (F.normalize), so the wrapped loss sees unit
+    vectors at every dim. Labels that look like embeddings ([B, D] or [B, C, D] with the model's
+    full D) are sliced too (not normalized), so MSELoss can be wrapped. n_dims_per_step > 0 trains a
+    random subset of that many dims per step and needs `key` in the call.
+    """
+
+    name: ClassVar[str] = "matryoshka"
+    # the wrapped loss, any other flaxenc loss object
+    loss: _Loss
+    # e.g. (768, 512, 256, 128, 64); kept sorted in descending order, as ST does
+    matryoshka_dims: tuple[int, ...]
+    # one weight per dim, default 1 each
+    matryoshka_weights: tuple[float, ...] | None = None
+    # -1: every dim each step
+    n_dims_per_step: int = -1
+
+    def __post_init__(self):
+        if not isinstance(self.loss, _Loss) or isinstance(self.loss, MatryoshkaLoss):
+            raise ValueError(f"MatryoshkaLoss wraps one of the other flaxenc losses, got {self.loss!r}")
+        if not self.matryoshka_dims:
+            raise ValueError("You must provide at least one dimension in matryoshka_dims.")
+        if any(dim <= 0 for dim in self.matryoshka_dims):
+            raise ValueError("All dimensions passed to a matryoshka loss must be > 0.")
+        weights = self.matryoshka_weights
+        if weights is None:
+            weights = [1] * len(self.matryoshka_dims)
+        elif len(weights) != len(self.matryoshka_dims):
+            raise ValueError("matryoshka_weights must be the same length as matryoshka_dims.")
+        # ST sorts the dims (with their weights) in descending order
+        dims, weights = zip(*sorted(zip(self.matryoshka_dims, weights), key=lambda pair: pair[0], reverse=True))
+        object.__setattr__(self, "matryoshka_dims", tuple(int(d) for d in dims))
+        object.__setattr__(self, "matryoshka_weights", tuple(weights))
+
+    @property
+    def takes_labels(self) -> bool:  # type: ignore[override]
+        return self.loss.takes_labels
+
+    def __call__(self, embeddings, labels, *, key: jax.Array | None = None):
+        embeddings = [_as_float32(e) for e in embeddings]
+        full_dim = embeddings[0].shape[-1]
+        if max(self.matryoshka_dims) > full_dim:
+            raise ValueError(f"matryoshka_dims {self.matryoshka_dims} exceed the embedding dimension {full_dim}")
+        selected = [True] * len(self.matryoshka_dims)
+        if 0 < self.n_dims_per_step < len(self.matryoshka_dims):
+            if key is None:
+                raise ValueError(f"MatryoshkaLoss with n_dims_per_step={self.n_dims_per_step} needs a random `key`")
+            # ST's random.sample of n_dims_per_step dims; a mask keeps the shapes static
+            chosen = jax.random.choice(key, len(self.matryoshka_dims), (self.n_dims_per_step,), replace=False)
+            selected = jnp.zeros(len(self.matryoshka_dims), bool).at[chosen].set(True)
+        total = 0.0
+        for index, (dim, weight) in enumerate(zip(self.matryoshka_dims, self.matryoshka_weights)):
+            cut = [_normalize(e[..., :dim]) for e in embeddings]
+            looks_like_embeddings = labels is not None and labels.ndim in (2, 3) and labels.shape[-1] == full_dim
+            dim_labels = labels[..., :dim] if looks_like_embeddings else labels
+            total = total + jnp.where(selected[index], weight * self.loss(cut, dim_labels), 0.0)
+        return total
+
+
+LOSSES: dict[str, type] = {
+    cls.name: cls
+    for cls in (
+        CosineSimilarityLoss,
+        ContrastiveLoss,
+        OnlineContrastiveLoss,
+        MultipleNegativesRankingLoss,
+        CoSENTLoss,
+        AnglELoss,
+        TripletLoss,
+        MSELoss,
+        MatryoshkaLoss,
+    )
+}
+
+
+def get_loss(name: str, **kwargs) -> _Loss:
+    """The loss called `name` in LOSSES, built with `kwargs` (ST's argument names).
+
+    For "matryoshka", `loss` may be a loss object, a name, or a mapping {"name": ..., **its kwargs}.
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
+    cls = LOSSES[name]
+    known = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {unknown} for loss {name!r}; it takes {known or 'no arguments'}")
+    inner = kwargs.get("loss")
+    if name == "matryoshka" and isinstance(inner, str):
+        kwargs["loss"] = get_loss(inner)
+    elif name == "matryoshka" and isinstance(inner, Mapping):
+        inner = dict(inner)
+        kwargs["loss"] = get_loss(inner.pop("name"), **inner)
+    for tuple_field in ("directions", "matryoshka_dims", "matryoshka_weights"):
+        if isinstance(kwargs.get(tuple_field), list):
+            kwargs[tuple_field] = tuple(kwargs[tuple_field])
+    return cls(**kwargs)

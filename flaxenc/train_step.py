@@ -1,0 +1,149 @@
+"""One jitted, data-parallel training step: state and a batch in, new state and metrics out.
+
+The model is split once (`nnx.split`) into a static graphdef and a parameter state; the step is a
+pure function of (state, batch) compiled by `jax.jit` over a one-axis `data` mesh: the batch is
+sharded on it, parameters and optimizer state replicated (or FSDP-sharded with `fsdp=True`).
+Under jit every function sees the global batch, so losses with in-batch negatives use the
+negatives of all devices, and the gradient is the global-batch gradient. No pmap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flaxenc import sharding
+from flaxenc.sentence_model import SentenceModel
+
+# A batch: one {"input_ids", "attention_mask"} dict of [B, T] int arrays per text column, and
+# "labels" ([B] float scores or binary labels; absent for losses without labels).
+Batch = dict[str, Any]
+Loss = Callable[[Sequence[jax.Array], jax.Array | None], jax.Array]
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # micro-steps taken (optimizer steps x accumulation steps)
+    params: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array  # base key; step k drops out with fold_in(rng, k)
+
+
+def embed_columns(model: SentenceModel, columns: Sequence[dict], dropout_key: jax.Array | None = None) -> list[jax.Array]:
+    """Embeds each text column; columns share one forward pass of [columns x B] rows, as ST 6 merges them."""
+    length = max(column["input_ids"].shape[1] for column in columns)
+
+    def padded(array):
+        return jnp.pad(array, ((0, 0), (0, length - array.shape[1])))
+
+    input_ids = jnp.concatenate([padded(column["input_ids"]) for column in columns])
+    attention_mask = jnp.concatenate([padded(column["attention_mask"]) for column in columns])
+    embeddings = model(input_ids, attention_mask, dropout_key=dropout_key)
+    return jnp.split(embeddings, len(columns))
+
+
+def init_train_state(model: SentenceModel, tx: optax.GradientTransformation, seed: int = 0):
+    """(graphdef, state): the static structure and the initial training state of `model`."""
+    graphdef, params = nnx.split(model)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+    return graphdef, state
+
+
+def _fsdp_spec(shape: tuple[int, ...], devices: int, min_size: int = 2**14) -> PartitionSpec:
+    """Shards the largest axis that splits evenly over the devices; small arrays stay whole."""
+    if devices == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return PartitionSpec()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % devices == 0:
+            return PartitionSpec(*([None] * axis + [sharding.DATA_AXIS]))
+    return PartitionSpec()
+
+
+def state_shardings(state: TrainState, mesh: Mesh, fsdp: bool = False):
+    """Shardings for every leaf of `state`: replicated, or FSDP over the data axis."""
+
+    def leaf_sharding(leaf):
+        spec = _fsdp_spec(tuple(leaf.shape), mesh.size) if fsdp else PartitionSpec()
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map(leaf_sharding, state)
+
+
+def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
+    """Places this process's rows of a batch on the mesh; the global batch is all processes' rows."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
+
+
+def _train_step(graphdef, loss: Loss, tx, learning_rate_fn, accumulation_steps, dropout, state: TrainState, batch):
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step) if dropout else None
+
+    def loss_of(params):
+        model = nnx.merge(graphdef, params)
+        return loss(embed_columns(model, batch["columns"], step_key), batch.get("labels"))
+
+    loss_value, grads = jax.value_and_grad(loss_of)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss_value, "grad_norm": optax.global_norm(grads)}
+    if learning_rate_fn is not None:
+        metrics["learning_rate"] = learning_rate_fn(state.step // accumulation_steps)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
+    return new_state, metrics
+
+
+class TrainStep:
+    """The compiled step. `state, metrics = step(state, batch)`; `state` is donated.
+
+    loss: a callable on (embeddings per column, labels), e.g. flaxenc.losses.CosineSimilarityLoss().
+    learning_rate_fn: the optimizer's schedule, reported as metrics["learning_rate"].
+    dropout: False runs the model deterministically (for parity tests and evaluation).
+    """
+
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        loss: Loss,
+        tx: optax.GradientTransformation,
+        mesh: Mesh | None = None,
+        learning_rate_fn: optax.Schedule | None = None,
+        accumulation_steps: int = 1,
+        dropout: bool = True,
+        fsdp: bool = False,
+    ):
+        self.mesh = sharding.global_data_mesh() if mesh is None else mesh
+        self.fsdp = fsdp
+        step = lambda state, batch: _train_step(  # noqa: E731
+            graphdef, loss, tx, learning_rate_fn, accumulation_steps, dropout, state, batch
+        )
+        self._step = jax.jit(step, donate_argnums=0)
+
+    def place_state(self, state: TrainState) -> TrainState:
+        """Puts the state on the mesh with this step's shardings (once, before the first step)."""
+        return jax.device_put(state, state_shardings(state, self.mesh, self.fsdp))
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        if not isinstance(next(iter(jax.tree.leaves(batch))), jax.Array):
+            batch = shard_batch(batch, self.mesh)
+        return self._step(state, batch)
+
+    @property
+    def num_compiles(self) -> int:
+        """Programs compiled so far: one per distinct batch shape (bucket)."""
+        return self._step._cache_size()
+
+
+def params_to_model(graphdef: nnx.GraphDef, state: TrainState) -> SentenceModel:
+    """The trained module stack, with parameters gathered to host-readable arrays."""
+    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, jax.device_get(state.params)))

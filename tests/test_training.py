@@ -1,0 +1,187 @@
+"""Training parity: flaxenc's jitted step against PyTorch ST's own fit() loop.
+
+ST trains a tiny random model with `SentenceTransformer.fit` (its Trainer, torch AdamW with ST's
+no-decay groups, WarmupLinear, gradient clipping), dropout off. A thin wrapper around ST's loss
+records the token batches fit() feeds it and the loss of each step; flaxenc then trains the same
+initial weights on the same batches. Losses must agree to 1e-5 relative, parameters to 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_st_model, data_folder, read_stsb
+
+import flaxenc
+from flaxenc import losses, optim
+from flaxenc.encoder import sequence_buckets
+from flaxenc.sentence_model import flat_params
+from flaxenc.train_step import TrainStep, init_train_state, params_to_model
+
+STEPS, BATCH = 20, 8
+
+
+class RecordingLoss(torch.nn.Module):
+    """ST's loss, unchanged, plus a record of each step's token ids, mask, labels and loss."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+        self.model = loss.model
+        self.steps = []
+
+    def forward(self, features, labels):
+        columns = [{key: f[key].numpy().copy() for key in ("input_ids", "attention_mask")} for f in features]
+        value = self.loss(features, labels)
+        self.steps.append((columns, labels.numpy().astype(np.float32), value.item()))
+        return value
+
+
+def read_mrpc(limit: int):
+    folder = data_folder()
+    if folder is None:
+        pytest.skip("MRPC data not found: set FLAXENC_DATA or place it at ../shared/data")
+    rows = []
+    with open(folder / "mrpc" / "msr_paraphrase_train.txt", encoding="utf-8-sig") as f:
+        next(f)  # header line of the original distribution, if any
+        for line in f:
+            columns = line.rstrip("\n").split("\t")
+            if len(columns) == 5 and columns[0] in ("0", "1"):
+                rows.append((columns[3], columns[4], float(columns[0])))
+    return rows[:limit]
+
+
+def st_fit(st_model, st_loss, rows, tmp_path, monkeypatch, lr, warmup_steps, weight_decay):
+    """Runs ST's fit() on (text1, text2, label) rows; returns the recorded steps and the trained folder."""
+    from sentence_transformers import InputExample
+    from torch.utils.data import DataLoader
+
+    monkeypatch.chdir(tmp_path)  # fit() writes checkpoints/ into the working directory
+    examples = [InputExample(texts=[a, b], label=label) for a, b, label in rows]
+    recording = RecordingLoss(st_loss)
+    st_model.fit(
+        train_objectives=[(DataLoader(examples, batch_size=BATCH, shuffle=True), recording)],
+        epochs=1,
+        scheduler="WarmupLinear",
+        warmup_steps=warmup_steps,
+        optimizer_params={"lr": lr},
+        weight_decay=weight_decay,
+        max_grad_norm=1.0,
+        show_progress_bar=False,
+    )
+    trained = tmp_path / "st_trained"
+    st_model.save(str(trained))
+    return recording.steps, trained
+
+
+def to_batch(step, max_seq_length):
+    """A recorded ST batch as a flaxenc batch, padded to flaxenc's sequence bucket."""
+    columns, labels, _ = step
+    length = max(c["input_ids"].shape[1] for c in columns)
+    bucket = next(b for b in sequence_buckets(max_seq_length) if b >= length)
+
+    def pad(x):
+        return np.pad(x, ((0, 0), (0, bucket - x.shape[1]))).astype(np.int32)
+
+    return {
+        "columns": [{"input_ids": pad(c["input_ids"]), "attention_mask": pad(c["attention_mask"])} for c in columns],
+        "labels": labels,
+    }
+
+
+def flaxenc_fit(folder, loss, steps, max_seq_length, lr, warmup_steps, weight_decay):
+    encoder = flaxenc.SentenceEncoder.from_pretrained(folder)
+    schedule = optim.learning_rate_schedule("warmuplinear", lr, warmup_steps, len(steps))
+    tx = optim.adamw(schedule, weight_decay=weight_decay, max_grad_norm=1.0)
+    graphdef, state = init_train_state(encoder.model, tx)
+    train_step = TrainStep(graphdef, loss, tx, learning_rate_fn=schedule, dropout=False)
+    state = train_step.place_state(state)
+    history = []
+    for step in steps:
+        state, metrics = train_step(state, to_batch(step, max_seq_length))
+        history.append(float(metrics["loss"]))
+    return np.array(history), params_to_model(graphdef, state), train_step
+
+
+def compare(tmp_path, steps, st_trained, flax_losses, flax_model, initial_folder):
+    st_losses = np.array([loss for _, _, loss in steps])
+    relative = np.abs(flax_losses - st_losses) / np.abs(st_losses)
+    print(f"losses: max relative diff {relative.max():.2e} over {len(steps)} steps")
+    assert relative.max() <= 1e-5
+
+    expected = flat_params(flaxenc.SentenceEncoder.from_pretrained(st_trained).model)
+    initial = flat_params(flaxenc.SentenceEncoder.from_pretrained(initial_folder).model)
+    actual = flat_params(flax_model)
+    assert expected.keys() == actual.keys()
+    param_diff = max(float(np.abs(actual[k] - expected[k]).max()) for k in expected)
+    moved = max(float(np.abs(expected[k] - initial[k]).max()) for k in expected)
+    print(f"parameters: max abs diff {param_diff:.2e}; largest change in training {moved:.2e}")
+    assert param_diff <= 1e-4
+    assert moved > 100 * param_diff  # training really moved the parameters
+
+
+def test_cosine_similarity_recipe_matches_st_fit(tmp_path, bert_tokenizer_path, monkeypatch):
+    """Recipe 1's shape in small: BERT, mean pooling, Dense Tanh, 16 tokens, CosineSimilarityLoss."""
+    from sentence_transformers import losses as st_losses
+
+    folder, st_model = build_st_model(
+        tmp_path / "model",
+        bert_tokenizer_path,
+        heads=(("dense", 8, torch.nn.Tanh(), True),),
+        max_seq_length=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    first, second, scores = read_stsb("train")
+    rows = [(a, b, s / 5.0) for a, b, s in zip(first, second, scores)][: STEPS * BATCH]
+    lr, warmup, decay = 2e-5, 5, 0.01  # recipe 1: lr 2e-5, weight decay 0.01
+    steps, trained = st_fit(st_model, st_losses.CosineSimilarityLoss(st_model), rows, tmp_path, monkeypatch, lr, warmup, decay)
+    assert len(steps) == STEPS
+    flax_losses, flax_model, train_step = flaxenc_fit(folder, losses.CosineSimilarityLoss(), steps, 16, lr, warmup, decay)
+    compare(tmp_path, steps, trained, flax_losses, flax_model, folder)
+    assert train_step.num_compiles == 1  # one bucket (16 tokens), one program
+
+
+def test_contrastive_recipe_matches_st_fit(tmp_path, roberta_tokenizer_path, monkeypatch):
+    """Recipe 2's shape in small: RoBERTa, max pooling, Dense ReLU, Dropout, ContrastiveLoss on MRPC."""
+    from sentence_transformers import losses as st_losses
+
+    folder, st_model = build_st_model(
+        tmp_path / "model",
+        roberta_tokenizer_path,
+        arch="roberta",
+        pooling_mode="max",
+        heads=(("dense", 16, torch.nn.ReLU(), True), ("dropout", 0.0)),
+        max_seq_length=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=130,
+    )
+    rows = read_mrpc(STEPS * BATCH)
+    lr, warmup, decay = 1e-4, 5, 1e-4  # recipe 2: lr 1e-4, weight decay 1e-4
+    st_loss = st_losses.ContrastiveLoss(st_model, margin=0.2)
+    steps, trained = st_fit(st_model, st_loss, rows, tmp_path, monkeypatch, lr, warmup, decay)
+    loss = losses.ContrastiveLoss(margin=0.2)
+    flax_losses, flax_model, _ = flaxenc_fit(folder, loss, steps, 64, lr, warmup, decay)
+    compare(tmp_path, steps, trained, flax_losses, flax_model, folder)
+
+
+def test_step_compiles_once_per_bucket(tmp_path, bert_tokenizer_path):
+    """Alternating two sequence buckets for six steps compiles exactly two programs."""
+    folder, _ = build_st_model(tmp_path, bert_tokenizer_path)
+    encoder = flaxenc.SentenceEncoder.from_pretrained(folder)
+    tx = optim.adamw(1e-4)
+    graphdef, state = init_train_state(encoder.model, tx)
+    train_step = TrainStep(graphdef, losses.CosineSimilarityLoss(), tx)
+    state = train_step.place_state(state)
+    rng = np.random.default_rng(0)
+    for step in range(6):
+        length = (16, 32)[step % 2]
+        ids = rng.integers(1000, 2000, size=(4, length)).astype(np.int32)
+        column = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        batch = {"columns": [column, column], "labels": rng.random(4).astype(np.float32)}
+        state, metrics = train_step(state, batch)
+        assert np.isfinite(float(metrics["loss"]))
+    assert int(state.step) == 6
+    assert train_step.num_compiles == 2
