@@ -44,8 +44,8 @@ def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def _torch_cosine_similarity(x: jax.Array, y: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """torch.cosine_similarity(x, y): each side divided by its norm clamped at eps, then summed."""
-    return jnp.sum(x / jnp.maximum(_l2_norm(x, keepdims=True), eps) * (y / jnp.maximum(_l2_norm(y, keepdims=True), eps)), axis=-1)
+    """torch.cosine_similarity(x, y): each side divided by its norm clamped at eps (1e-8), then summed."""
+    return jnp.sum(_normalize(x, eps) * _normalize(y, eps), axis=-1)
 
 
 def pairwise_cos_sim(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -103,13 +103,15 @@ def _check_labels(labels: jax.Array | None, batch_size: int, loss_name: str) -> 
 # ----------------------------------------------------------------------------- pure loss functions
 
 
-# ST losses/cosine_similarity.py: loss_fct(cos(u, v), labels), loss_fct nn.MSELoss() or nn.L1Loss().
+# CosineSimilarityLoss's loss_fct: nn.MSELoss() (ST's default) or nn.L1Loss(), both mean-reduced.
+COSINE_SIMILARITY_LOSS_FCTS = {"mse": jnp.square, "l1": jnp.abs}
+
+
+# ST losses/cosine_similarity.py: loss_fct(torch.cosine_similarity(u, v), labels); identity transformation.
 def cosine_similarity_loss(anchor: jax.Array, other: jax.Array, labels: jax.Array, loss_fct: str = "mse") -> jax.Array:
-    errors = _torch_cosine_similarity(_as_float32(anchor), _as_float32(other)) - _check_labels(
-        labels, anchor.shape[0], "CosineSimilarityLoss"
-    )
-    inner = _pick({"mse": jnp.square, "l1": jnp.abs}, loss_fct, "loss_fct")
-    return jnp.mean(inner(errors))
+    labels = _check_labels(labels, anchor.shape[0], "CosineSimilarityLoss")
+    errors = _torch_cosine_similarity(_as_float32(anchor), _as_float32(other)) - labels
+    return jnp.mean(_pick(COSINE_SIMILARITY_LOSS_FCTS, loss_fct, "loss_fct")(errors))
 
 
 # ST losses/contrastive.py: 0.5 * (y d^2 + (1 - y) relu(margin - d)^2), mean or sum.
@@ -254,11 +256,15 @@ def angle_loss(
 
 # ST losses/triplet.py: mean of relu(d(anchor, positive) - d(anchor, negative) + triplet_margin).
 def triplet_loss(
-    anchor: jax.Array, positive: jax.Array, negative: jax.Array, distance_metric: str = "euclidean", triplet_margin: float = 5.0
+    anchor: jax.Array,
+    positive: jax.Array,
+    negative: jax.Array,
+    distance_metric: str = "euclidean",
+    triplet_margin: float = 5.0,
 ) -> jax.Array:
     distance = _pick(TRIPLET_DISTANCES, distance_metric, "distance_metric")
-    anchor = _as_float32(anchor)
-    return jnp.mean(jax.nn.relu(distance(anchor, _as_float32(positive)) - distance(anchor, _as_float32(negative)) + triplet_margin))
+    anchor, positive, negative = map(_as_float32, (anchor, positive, negative))
+    return jnp.mean(jax.nn.relu(distance(anchor, positive) - distance(anchor, negative) + triplet_margin))
 
 
 # ST losses/mse.py (EmbedDistillLoss, distance "mse"): mean over columns of the elementwise MSE to the
@@ -271,7 +277,8 @@ def mse_loss(*students: jax.Array, teacher: jax.Array) -> jax.Array:
         teachers = [teacher[:, column] for column in range(len(students))]
     else:
         raise ValueError(
-            f"teacher embeddings must be [batch, dim] or [batch, {len(students)} columns, dim]; got shape {teacher.shape}"
+            f"teacher embeddings must be [batch, dim] or [batch, {len(students)} columns, dim]; "
+            f"got shape {teacher.shape}"
         )
     return jnp.mean(jnp.stack([jnp.mean((_as_float32(s) - t) ** 2) for s, t in zip(students, teachers)]))
 
@@ -304,7 +311,7 @@ class CosineSimilarityLoss(_Loss):
     loss_fct: str = "mse"
 
     def __post_init__(self):
-        _pick({"mse": 0, "l1": 0}, self.loss_fct, "loss_fct")
+        _pick(COSINE_SIMILARITY_LOSS_FCTS, self.loss_fct, "loss_fct")
 
     def __call__(self, embeddings, labels):
         return cosine_similarity_loss(*_columns(embeddings, 2, "CosineSimilarityLoss"), labels, self.loss_fct)
@@ -357,7 +364,9 @@ class MultipleNegativesRankingLoss(_Loss):
 
     def __post_init__(self):
         object.__setattr__(self, "directions", tuple(self.directions))
-        _check_mnrl_options(self.scale, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength)
+        _check_mnrl_options(
+            self.scale, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength
+        )
 
     def __call__(self, embeddings, labels=None):
         return multiple_negatives_ranking_loss(
@@ -462,19 +471,19 @@ class MatryoshkaLoss(_Loss):
         full_dim = embeddings[0].shape[-1]
         if max(self.matryoshka_dims) > full_dim:
             raise ValueError(f"matryoshka_dims {self.matryoshka_dims} exceed the embedding dimension {full_dim}")
-        selected = [True] * len(self.matryoshka_dims)
+        selected = None  # every dim
         if 0 < self.n_dims_per_step < len(self.matryoshka_dims):
             if key is None:
                 raise ValueError(f"MatryoshkaLoss with n_dims_per_step={self.n_dims_per_step} needs a random `key`")
             # ST's random.sample of n_dims_per_step dims; a mask keeps the shapes static
             chosen = jax.random.choice(key, len(self.matryoshka_dims), (self.n_dims_per_step,), replace=False)
             selected = jnp.zeros(len(self.matryoshka_dims), bool).at[chosen].set(True)
+        labels_are_embeddings = labels is not None and jnp.ndim(labels) in (2, 3) and labels.shape[-1] == full_dim
         total = 0.0
         for index, (dim, weight) in enumerate(zip(self.matryoshka_dims, self.matryoshka_weights)):
             cut = [_normalize(e[..., :dim]) for e in embeddings]
-            looks_like_embeddings = labels is not None and labels.ndim in (2, 3) and labels.shape[-1] == full_dim
-            dim_labels = labels[..., :dim] if looks_like_embeddings else labels
-            total = total + jnp.where(selected[index], weight * self.loss(cut, dim_labels), 0.0)
+            term = weight * self.loss(cut, labels[..., :dim] if labels_are_embeddings else labels)
+            total = total + (term if selected is None else jnp.where(selected[index], term, 0.0))
         return total
 
 

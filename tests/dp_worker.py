@@ -3,7 +3,8 @@
     python dp_worker.py MODEL_FOLDER OUT.npz LOSS DEVICES [PROCESS_ID NUM_PROCESSES PORT]
 
 LOSS is "cosine" (STS-B pairs with scores) or "mnrl" (anchor/positive pairs). DEVICES is how many
-of this process's devices the mesh uses ("all" for every device of every process). With a process
+of this process's devices the mesh uses ("all" for every device of every process; a trailing
+"fsdp", as in "8fsdp", shards parameters and optimizer state instead of replicating them). With a process
 id, the script joins a jax.distributed CPU cluster and feeds only its own rows of each batch.
 """
 
@@ -49,6 +50,8 @@ def main(folder: str, out: str, loss_name: str, devices: str, process_id=None, n
             batch["labels"] = np.asarray(scores[rows], np.float32) / 5.0
         batches.append(batch)
 
+    fsdp = devices.endswith("fsdp")
+    devices = devices.removesuffix("fsdp")
     if devices == "all":
         mesh = Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
     else:
@@ -57,8 +60,9 @@ def main(folder: str, out: str, loss_name: str, devices: str, process_id=None, n
     schedule = optim.learning_rate_schedule("warmuplinear", 1e-4, 5, STEPS)
     tx = optim.adamw(schedule, weight_decay=0.01, max_grad_norm=1.0)
     graphdef, state = init_train_state(encoder.model, tx, seed=1)
-    train_step = TrainStep(graphdef, loss, tx, mesh=mesh, learning_rate_fn=schedule, dropout=True)
+    train_step = TrainStep(graphdef, loss, tx, mesh=mesh, learning_rate_fn=schedule, dropout=True, fsdp=fsdp)
     state = train_step.place_state(state)
+    sharded = sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state))
 
     history = []
     for batch in batches:
@@ -70,7 +74,7 @@ def main(folder: str, out: str, loss_name: str, devices: str, process_id=None, n
         history.append(float(metrics["loss"]))
     params = flat_params(params_to_model(graphdef, state))
     if jax.process_index() == 0:
-        np.savez(out, losses=np.array(history), devices=mesh.size, compiles=train_step.num_compiles, **params)
+        np.savez(out, losses=np.array(history), devices=mesh.size, compiles=train_step.num_compiles, sharded=sharded, **params)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ def model_folder(tmp_path_factory, bert_tokenizer_path):
     return folder
 
 
+@pytest.fixture(scope="module")
+def single_device_cosine(tmp_path_factory, model_folder):
+    """The reference: CosineSimilarityLoss on one device."""
+    return run_workers(model_folder, tmp_path_factory.mktemp("single") / "one.npz", "cosine", "1", fake_devices=8)
+
+
 def run_workers(folder, out, loss, devices, fake_devices, processes=1):
     if data_folder() is None:
         pytest.skip("STS-B data not found: set FLAXENC_DATA or place it at ../shared/data")
@@ -61,7 +67,7 @@ def run_workers(folder, out, loss, devices, fake_devices, processes=1):
 
 def assert_same_training(single, parallel, what):
     loss_diff = float(np.abs(single["losses"] - parallel["losses"]).max() / np.abs(single["losses"]).max())
-    params = [k for k in single if k not in ("losses", "devices", "compiles")]
+    params = [k for k in single if k not in ("losses", "devices", "compiles", "sharded")]
     param_diff = max(float(np.abs(single[k] - parallel[k]).max()) for k in params)
     print(f"{what}: loss max relative diff {loss_diff:.2e}, parameter max abs diff {param_diff:.2e}")
     assert loss_diff <= 1e-5
@@ -69,18 +75,30 @@ def assert_same_training(single, parallel, what):
 
 
 @pytest.mark.parametrize("loss", ["cosine", "mnrl"])
-def test_eight_devices_train_like_one(tmp_path, model_folder, loss):
+def test_eight_devices_train_like_one(tmp_path, model_folder, single_device_cosine, loss):
     """20 steps on 8 devices equal 20 steps on 1; for MNRL the loss is the global-batch loss."""
-    single = run_workers(model_folder, tmp_path / "one.npz", loss, "1", fake_devices=8)
+    if loss == "cosine":
+        single = single_device_cosine
+    else:
+        single = run_workers(model_folder, tmp_path / "one.npz", loss, "1", fake_devices=8)
     eight = run_workers(model_folder, tmp_path / "eight.npz", loss, "8", fake_devices=8)
     assert int(single["devices"]) == 1 and int(eight["devices"]) == 8
     assert int(eight["compiles"]) == 1  # one batch shape, one program
     assert_same_training(single, eight, f"{loss}: 8 devices vs 1")
 
 
-def test_two_processes_train_like_one(tmp_path, model_folder):
+def test_fsdp_trains_like_replicated(tmp_path, model_folder, single_device_cosine):
+    """fsdp=True shards the large parameters and their Adam moments over 8 devices; same result."""
+    single = single_device_cosine
+    fsdp = run_workers(model_folder, tmp_path / "fsdp.npz", "cosine", "8fsdp", fake_devices=8)
+    assert int(single["sharded"]) == 0
+    assert int(fsdp["sharded"]) > 0
+    assert_same_training(single, fsdp, "FSDP on 8 devices vs 1 device")
+
+
+def test_two_processes_train_like_one(tmp_path, model_folder, single_device_cosine):
     """jax.distributed with two local CPU processes of 4 devices each, each feeding half the batch."""
-    single = run_workers(model_folder, tmp_path / "one.npz", "cosine", "1", fake_devices=1)
+    single = single_device_cosine
     pair = run_workers(model_folder, tmp_path / "pair.npz", "cosine", "all", fake_devices=4, processes=2)
     assert int(pair["devices"]) == 8
     assert_same_training(single, pair, "2 processes x 4 devices vs 1 device")

@@ -11,8 +11,6 @@ ST's losses are run on fixed embeddings in one of two ways:
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +21,11 @@ from sentence_transformers.sentence_transformer import losses as st_losses
 from flaxenc import losses
 from tests.conftest import build_st_model
 
-TOLERANCE = 1e-6  # times max(1, |reference|): absolute for values up to 1, relative above
+# Loss values: |ours - ST| <= TOLERANCE * max(1, |ST|). Gradients: <= GRADIENT_TOLERANCE * max(1, largest |ST grad|).
+# Gradients get 2e-6: at scale 20 CoSENT's (and AnglE's) float32 gradients from ST itself are up to 1e-6
+# (relative) away from float64's, and ours as well, so the two differ by up to ~1.4e-6.
+TOLERANCE = 1e-6
+GRADIENT_TOLERANCE = 2e-6
 # Cases spread their options over the shapes (batch, dim) in (4, 8), (16, 32), (33, 7) (7 is odd:
 # AnglE pads it) instead of crossing them: each case costs one XLA compile, about 0.5 s on CPU.
 
@@ -65,27 +67,29 @@ def score_labels(batch: int, seed: int = 0) -> np.ndarray:
 
 
 def compare(flax_loss, st_loss, columns, labels, via_forward: bool = False) -> tuple[float, float]:
-    """Max |difference| of the loss value and of the gradients; asserts both are within TOLERANCE.
+    """Max |difference| of the loss value and of the gradients; asserts both are within tolerance.
 
-    flax_loss(list of jax arrays, labels) -> scalar; st_loss(list of torch tensors, labels) -> scalar,
-    or, with via_forward, st_loss(sentence_features, labels) with features {"embedding": tensor}.
+    flax_loss(list of jax arrays, labels) -> scalar. st_loss is an ST loss object, run as
+    st_loss.compute_loss_from_embeddings(list of torch tensors, labels), or with via_forward as
+    st_loss(sentence_features, labels) with features {"embedding": tensor} (its model a PassThrough).
     """
     jax_labels = None if labels is None else jnp.asarray(labels)
     # jit: one compile per case instead of one per op (eager jax compiles every op on first use)
     value_and_grad = jax.jit(jax.value_and_grad(flax_loss))
-    value, grads = value_and_grad([jnp.asarray(c) for c in columns], jax_labels)
+    value, grads = value_and_grad([jnp.asarray(column) for column in columns], jax_labels)
 
     tensors = [torch.tensor(c, requires_grad=True) for c in columns]
     torch_labels = None if labels is None else torch.tensor(labels)
     inputs = [{"embedding": t} for t in tensors] if via_forward else tensors
-    reference = st_loss(inputs, torch_labels)
+    run_st_loss = st_loss if via_forward else st_loss.compute_loss_from_embeddings
+    reference = run_st_loss(inputs, torch_labels)
     reference.backward()
 
     value_diff = abs(float(value) - reference.item())
     grad_diff = max(float(np.abs(np.asarray(g) - t.grad.numpy()).max()) for g, t in zip(grads, tensors))
     assert value_diff <= TOLERANCE * max(1.0, abs(reference.item())), (float(value), reference.item())
     grad_scale = max(float(np.abs(t.grad.numpy()).max()) for t in tensors)
-    assert grad_diff <= TOLERANCE * max(1.0, grad_scale), (grad_diff, grad_scale)
+    assert grad_diff <= GRADIENT_TOLERANCE * max(1.0, grad_scale), (grad_diff, grad_scale)
     assert np.isfinite(float(value))
     return value_diff, grad_diff
 
@@ -98,7 +102,7 @@ def test_cosine_similarity_loss(st_model, batch, dim, loss_fct):
     torch_fct = {"mse": torch.nn.MSELoss(), "l1": torch.nn.L1Loss()}[loss_fct]
     reference = st_losses.CosineSimilarityLoss(st_model, loss_fct=torch_fct)
     labels = np.random.default_rng(1).uniform(-1, 1, size=batch).astype(np.float32)
-    compare(losses.CosineSimilarityLoss(loss_fct), reference.compute_loss_from_embeddings, random_columns(2, batch, dim), labels)
+    compare(losses.CosineSimilarityLoss(loss_fct), reference, random_columns(2, batch, dim), labels)
 
 
 SIAMESE = {
@@ -110,27 +114,35 @@ SIAMESE = {
 
 @pytest.mark.parametrize(
     "batch, dim, metric, size_average",
-    [(16, 32, "euclidean", True), (33, 7, "manhattan", False), (4, 8, "cosine_distance", True), (16, 32, "cosine_distance", False)],
+    [
+        (16, 32, "euclidean", True),
+        (33, 7, "manhattan", False),
+        (4, 8, "cosine_distance", True),
+        (16, 32, "cosine_distance", False),
+    ],
 )
 def test_contrastive_loss(st_model, batch, dim, metric, size_average):
     # margins that put some negatives inside the margin for each metric's distance scale
     margin = {"euclidean": 0.6 * np.sqrt(2 * dim), "manhattan": 1.1 * dim, "cosine_distance": 1.0}[metric]
     reference = st_losses.ContrastiveLoss(st_model, SIAMESE[metric], margin=margin, size_average=size_average)
     ours = losses.ContrastiveLoss(metric, margin=margin, size_average=size_average)
-    compare(ours, reference.compute_loss_from_embeddings, random_columns(2, batch, dim), binary_labels(batch))
+    compare(ours, reference, random_columns(2, batch, dim), binary_labels(batch))
 
 
 def test_contrastive_defaults_match_st(st_model):
-    reference = st_losses.ContrastiveLoss(st_model)
-    assert reference.distance_metric == SIAMESE[losses.ContrastiveLoss().distance_metric]
-    assert (reference.margin, reference.size_average) == (losses.ContrastiveLoss().margin, losses.ContrastiveLoss().size_average)
-    # float labels and int labels give the same value
+    reference, ours = st_losses.ContrastiveLoss(st_model), losses.ContrastiveLoss()
+    assert reference.distance_metric == SIAMESE[ours.distance_metric]  # cosine distance, not euclidean
+    assert (reference.margin, reference.size_average) == (ours.margin, ours.size_average)
+    # int labels and float labels give the same value
     anchor, other = random_columns(2, 8, 16)
     labels = binary_labels(8)
-    assert float(losses.contrastive_loss(anchor, other, labels)) == float(losses.contrastive_loss(anchor, other, labels.astype(np.float32)))
+    as_ints = losses.contrastive_loss(anchor, other, labels)
+    assert float(as_ints) == float(losses.contrastive_loss(anchor, other, labels.astype(np.float32)))
 
 
-@pytest.mark.parametrize("batch, dim, metric", [(16, 32, "euclidean"), (33, 7, "manhattan"), (16, 32, "cosine_distance")])
+@pytest.mark.parametrize(
+    "batch, dim, metric", [(16, 32, "euclidean"), (33, 7, "manhattan"), (16, 32, "cosine_distance")]
+)
 def test_online_contrastive_loss(st_model, batch, dim, metric):
     margin = {"euclidean": 1.3 * np.sqrt(2 * dim), "manhattan": 1.3 * dim, "cosine_distance": 0.5}[metric]
     reference = st_losses.OnlineContrastiveLoss(st_model, SIAMESE[metric], margin=margin)
@@ -138,7 +150,7 @@ def test_online_contrastive_loss(st_model, batch, dim, metric):
     # random pairs overlap: some positives are farther than the closest negative and vice versa
     distances = SIAMESE[metric](*map(torch.tensor, columns)).numpy()
     assert distances[labels == 1].max() > distances[labels == 0].min()
-    compare(losses.OnlineContrastiveLoss(metric, margin), reference.compute_loss_from_embeddings, columns, labels)
+    compare(losses.OnlineContrastiveLoss(metric, margin), reference, columns, labels)
 
 
 @pytest.mark.parametrize("only", [0, 1])
@@ -146,26 +158,26 @@ def test_online_contrastive_loss_one_class(st_model, only):
     """With one class ST compares the pairs to their own mean distance."""
     reference = st_losses.OnlineContrastiveLoss(st_model)
     labels = np.full(12, only)
-    compare(losses.OnlineContrastiveLoss(), reference.compute_loss_from_embeddings, random_columns(2, 12, 16), labels)
+    compare(losses.OnlineContrastiveLoss(), reference, random_columns(2, 12, 16), labels)
 
 
 @pytest.mark.parametrize("batch, dim, scale", [(16, 32, 20.0), (33, 7, 7.5)])
 def test_cosent_loss(st_model, batch, dim, scale):
     reference = st_losses.CoSENTLoss(st_model, scale=scale)
-    compare(losses.CoSENTLoss(scale), reference.compute_loss_from_embeddings, random_columns(2, batch, dim), score_labels(batch))
+    compare(losses.CoSENTLoss(scale), reference, random_columns(2, batch, dim), score_labels(batch))
 
 
 @pytest.mark.parametrize("batch, dim", [(16, 32), (33, 7)])
 def test_angle_loss_pairs(st_model, batch, dim):
     reference = st_losses.AnglELoss(st_model)
-    compare(losses.AnglELoss(), reference.compute_loss_from_embeddings, random_columns(2, batch, dim), score_labels(batch))
+    compare(losses.AnglELoss(), reference, random_columns(2, batch, dim), score_labels(batch))
 
 
 @pytest.mark.parametrize("columns, with_labels", [(3, False), (4, True)])
 def test_angle_loss_with_negatives(st_model, columns, with_labels):
     reference = st_losses.AnglELoss(st_model)
     labels = score_labels(10) if with_labels else None
-    compare(losses.AnglELoss(), reference.compute_loss_from_embeddings, random_columns(columns, 10, 16), labels)
+    compare(losses.AnglELoss(), reference, random_columns(columns, 10, 16), labels)
 
 
 # ----------------------------------------------------------------------------- losses without labels
@@ -175,7 +187,7 @@ def test_angle_loss_with_negatives(st_model, columns, with_labels):
 def test_multiple_negatives_ranking_loss(st_model, batch, dim, negative_columns):
     reference = st_losses.MultipleNegativesRankingLoss(st_model)
     columns = random_columns(2 + negative_columns, batch, dim)
-    compare(losses.MultipleNegativesRankingLoss(), reference.compute_loss_from_embeddings, columns, None)
+    compare(losses.MultipleNegativesRankingLoss(), reference, columns, None)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +203,7 @@ def test_multiple_negatives_ranking_loss(st_model, batch, dim, negative_columns)
 def test_multiple_negatives_ranking_loss_options(st_model, options):
     reference = st_losses.MultipleNegativesRankingLoss(st_model, **options)
     ours = losses.MultipleNegativesRankingLoss(**options)
-    compare(ours, reference.compute_loss_from_embeddings, random_columns(4, 9, 16), None)
+    compare(ours, reference, random_columns(4, 9, 16), None)
 
 
 TRIPLET = {
@@ -206,7 +218,7 @@ def test_triplet_loss(st_model, batch, dim, metric):
     # a margin that leaves some triplets inactive (relu at 0) and some active
     margin = {"euclidean": 0.3, "manhattan": 0.3 * dim, "cosine": 0.2}[metric]
     reference = st_losses.TripletLoss(st_model, TRIPLET[metric], triplet_margin=margin)
-    compare(losses.TripletLoss(metric, margin), reference.compute_loss_from_embeddings, random_columns(3, batch, dim), None)
+    compare(losses.TripletLoss(metric, margin), reference, random_columns(3, batch, dim), None)
 
 
 def test_triplet_defaults_and_identical_anchor(st_model):
@@ -215,7 +227,7 @@ def test_triplet_defaults_and_identical_anchor(st_model):
     reference = st_losses.TripletLoss(st_model)
     assert reference.distance_metric == TRIPLET[losses.TripletLoss().distance_metric]
     assert reference.triplet_margin == losses.TripletLoss().triplet_margin
-    compare(losses.TripletLoss(), reference.compute_loss_from_embeddings, [anchor, anchor.copy(), negative], None)
+    compare(losses.TripletLoss(), reference, [anchor, anchor.copy(), negative], None)
 
 
 # ----------------------------------------------------------------------------- distillation and wrappers
@@ -238,7 +250,7 @@ def st_matryoshka(inner_class, dim, matryoshka_dims, weights=None, **inner_optio
 
 def test_matryoshka_over_cosent():
     batch, dim = 17, 24
-    dims = (dim, 16, 8, 5)
+    dims = (dim, 16, 5)
     reference = st_matryoshka(st_losses.CoSENTLoss, dim, dims)
     ours = losses.MatryoshkaLoss(losses.CoSENTLoss(), dims)
     compare(ours, reference, random_columns(2, batch, dim), score_labels(batch), via_forward=True)
@@ -256,18 +268,19 @@ def test_matryoshka_over_mse_slices_the_teacher():
     dim, dims = 16, (16, 8, 4)
     reference = st_matryoshka(st_losses.MSELoss, dim, dims)
     teacher = np.random.default_rng(4).normal(size=(6, dim)).astype(np.float32)
-    compare(losses.MatryoshkaLoss(losses.MSELoss(), dims), reference, random_columns(2, 6, dim), teacher, via_forward=True)
+    ours = losses.MatryoshkaLoss(losses.MSELoss(), dims)
+    compare(ours, reference, random_columns(2, 6, dim), teacher, via_forward=True)
 
 
 def test_matryoshka_n_dims_per_step():
     """A random subset of dims per step; it equals ST's loss over exactly those dims."""
-    dim, dims, weights = 16, (16, 12, 8, 4), (1.0, 2.0, 3.0, 4.0)
+    dim, dims, weights = 16, (16, 8, 4), (1.0, 2.0, 3.0)
     ours = losses.MatryoshkaLoss(losses.CoSENTLoss(), dims, weights, n_dims_per_step=2)
     columns, labels = random_columns(2, 10, dim), score_labels(10)
     with pytest.raises(ValueError, match="key"):
         ours(columns, labels)
     key = jax.random.key(0)
-    chosen = sorted(np.asarray(jax.random.choice(key, 4, (2,), replace=False)).tolist())
+    chosen = sorted(np.asarray(jax.random.choice(key, 3, (2,), replace=False)).tolist())
     reference = st_matryoshka(st_losses.CoSENTLoss, dim, [dims[i] for i in chosen], [weights[i] for i in chosen])
     compare(lambda embeddings, labels: ours(embeddings, labels, key=key), reference, columns, labels, via_forward=True)
 
@@ -281,8 +294,10 @@ def test_get_loss_builds_every_loss():
         loss = losses.get_loss(name, **kwargs)
         assert type(loss) is cls and loss.name == name
         hash(loss)  # frozen dataclasses: usable as a static jit argument
-    assert losses.get_loss("contrastive", margin=1.0, distance_metric="euclidean") == losses.ContrastiveLoss("euclidean", 1.0)
-    nested = losses.get_loss("matryoshka", loss={"name": "multiple_negatives_ranking", "scale": 30.0}, matryoshka_dims=[4, 8])
+    built = losses.get_loss("contrastive", margin=1.0, distance_metric="euclidean")
+    assert built == losses.ContrastiveLoss("euclidean", 1.0)
+    inner = {"name": "multiple_negatives_ranking", "scale": 30.0}
+    nested = losses.get_loss("matryoshka", loss=inner, matryoshka_dims=[4, 8])
     assert nested.loss == losses.MultipleNegativesRankingLoss(scale=30.0) and nested.matryoshka_dims == (8, 4)
 
 
@@ -305,10 +320,16 @@ def test_get_loss_errors():
         losses.TripletLoss()(random_columns(2, 4, 8), None)
 
 
-def test_losses_jit_with_the_loss_as_static_argument():
-    step = jax.jit(lambda loss, embeddings, labels: loss(embeddings, labels), static_argnums=0)
-    columns = [jnp.asarray(c) for c in random_columns(2, 8, 16)]
-    labels = jnp.asarray(score_labels(8))
-    for loss in (losses.CoSENTLoss(), losses.MatryoshkaLoss(losses.CoSENTLoss(), (16, 8))):
-        np.testing.assert_allclose(step(loss, columns, labels), loss(columns, labels), rtol=1e-6)
-    assert dataclasses.is_dataclass(losses.MatryoshkaLoss) and losses.MatryoshkaLoss.__dataclass_params__.frozen
+def test_loss_objects_are_static_jit_arguments():
+    """Equal loss objects hash equal, so a new but equal instance reuses the compiled step."""
+    traces = []
+
+    def step(loss, embeddings, labels):
+        traces.append(loss)
+        return loss(embeddings, labels)
+
+    step = jax.jit(step, static_argnums=0)
+    columns, labels = random_columns(2, 8, 16), score_labels(8)
+    first = step(losses.CoSENTLoss(), columns, labels)
+    second = step(losses.CoSENTLoss(scale=20.0), columns, labels)
+    assert len(traces) == 1 and float(first) == float(second)

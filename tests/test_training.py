@@ -8,6 +8,7 @@ initial weights on the same batches. Losses must agree to 1e-5 relative, paramet
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -185,3 +186,35 @@ def test_step_compiles_once_per_bucket(tmp_path, bert_tokenizer_path):
         assert np.isfinite(float(metrics["loss"]))
     assert int(state.step) == 6
     assert train_step.num_compiles == 2
+
+
+def test_bf16_compute_trains_close_to_fp32(tmp_path, bert_tokenizer_path):
+    """dtype="bfloat16": bf16 matmuls, fp32 parameters and optimizer state, losses near fp32's."""
+    import jax.numpy as jnp
+
+    folder, _ = build_st_model(tmp_path, bert_tokenizer_path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    first, second, scores = read_stsb("train")
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        encoder = flaxenc.SentenceEncoder.from_pretrained(folder, dtype=dtype)
+        tx = optim.adamw(1e-4)
+        graphdef, state = init_train_state(encoder.model, tx)
+        train_step = TrainStep(graphdef, losses.CosineSimilarityLoss(), tx, dropout=False)
+        state = train_step.place_state(state)
+        history = []
+        for step in range(3):
+            rows = slice(step * BATCH, (step + 1) * BATCH)
+            columns = []
+            for texts in (first[rows], second[rows]):
+                ids = np.zeros((BATCH, 32), np.int32)
+                for row, tokens in enumerate(encoder.tokenize(texts)):
+                    ids[row, : len(tokens)] = tokens
+                columns.append({"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32)})
+            labels = np.asarray(scores[rows], np.float32) / 5
+            state, metrics = train_step(state, {"columns": columns, "labels": labels})
+            history.append(float(metrics["loss"]))
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+        runs[dtype] = np.array(history)
+    relative = np.abs(runs["bfloat16"] - runs["float32"]) / runs["float32"]
+    print(f"bf16 vs fp32 training losses: max relative diff {relative.max():.2e}")
+    assert relative.max() <= 0.05
