@@ -8,8 +8,13 @@ from flax import nnx
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """x / max(||x||, eps) along the last axis, as torch.nn.functional.normalize."""
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    """x / max(||x||, eps) along the last axis, as torch.nn.functional.normalize.
+
+    The norm's gradient at a zero vector is 0, as torch's, not NaN as jnp.linalg.norm's.
+    """
+    squared = jnp.sum(x * x, axis=-1, keepdims=True)
+    nonzero = squared > 0
+    norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squared, 1.0)), 0.0)
     return x / jnp.maximum(norm, eps)
 
 

@@ -1,0 +1,306 @@
+"""The host input pipeline: a table of examples -> token ids (once, cached) -> bucketed numpy batches.
+
+load_table reads a local csv/tsv/json/jsonl/parquet file or a hub dataset into a `datasets.Dataset`
+of text columns (+ "label"); tokenize_table turns it into flat int32 id arrays; BatchIterator pads
+deterministic, resumable, per-process batches on a background thread while the device trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from train.config import DatasetConfig
+
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _file_format(spec: DatasetConfig) -> str:
+    """csv, tsv, json, parquet or hub; jsonl reads with the json builder."""
+    fmt = spec.format.lower()
+    if fmt:
+        if fmt not in ("csv", "tsv", "json", "jsonl", "parquet", "hub"):
+            raise ValueError(f"{spec.path}: unknown data format {spec.format!r} (csv, tsv, json, jsonl, parquet or hub)")
+        return "json" if fmt == "jsonl" else fmt
+    suffix = Path(spec.path).suffix.lower()
+    if suffix in _FORMATS:
+        if not os.path.isfile(spec.path):
+            raise FileNotFoundError(f"{spec.path}: no such data file")
+        return _FORMATS[suffix]
+    if os.path.isfile(spec.path):
+        raise ValueError(f"{spec.path}: cannot tell the format from the extension; set format (csv, tsv, json, jsonl, parquet)")
+    return "hub"
+
+
+def _read_delimited(path: str, tsv: bool, header: bool) -> datasets.Dataset:
+    # Read with Python, not load_dataset("csv"): pandas rejects rows longer than the first one
+    # (STS-B has lines with two extra trailing columns), and tsv must be read with quoting off
+    # (STS-B and MRPC sentences contain unbalanced quote characters). utf-8-sig drops MRPC's BOM.
+    options = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else {}
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = [row for row in csv.reader(f, **options) if row]  # blank lines carry no example
+    if not rows:
+        raise ValueError(f"{path}: the file is empty")
+    names = rows.pop(0) if header else [str(i) for i in range(len(rows[0]))]
+    for line, row in enumerate(rows, start=2 if header else 1):
+        if len(row) < len(names):
+            raise ValueError(f"{path}, line {line}: {len(row)} columns, expected {len(names)} ({', '.join(names)})")
+    # Extra trailing columns past the header's (or first row's) width are dropped.
+    return datasets.Dataset.from_dict({name: [row[i] for row in rows] for i, name in enumerate(names)})
+
+
+def _load_hub(spec: DatasetConfig) -> datasets.Dataset:
+    try:
+        return datasets.load_dataset(spec.path, spec.name, split=spec.split)
+    except Exception as error:
+        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        raise ValueError(
+            f"{spec.path!r} is not a local file, and loading it from the Hugging Face hub failed"
+            f"{' (offline mode: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)' if offline else ''}: the hub could not be "
+            f"reached or has no such dataset ({type(error).__name__}: {str(error)[:300]}). Download it while online, "
+            "or point `path` at a local csv, tsv, json, jsonl or parquet file."
+        ) from error
+
+
+def load_table(spec: DatasetConfig) -> datasets.Dataset:
+    """The examples of `spec` as a Dataset: its text columns (str), plus "label" (float32 / label_scale)."""
+    fmt = _file_format(spec)
+    if fmt == "hub":
+        table = _load_hub(spec)
+    elif fmt in ("csv", "tsv"):
+        table = _read_delimited(spec.path, fmt == "tsv", spec.header)
+    else:
+        table = datasets.load_dataset(fmt, data_files=spec.path, split="train")
+    where = f"{spec.path}" + (f" ({spec.name}, {spec.split})" if fmt == "hub" else "")
+    if len(set(spec.text_columns)) != len(spec.text_columns) or not spec.text_columns:
+        raise ValueError(f"{where}: text_columns must name one or more distinct columns, got {spec.text_columns}")
+    wanted = [*spec.text_columns, *([spec.label_column] if spec.label_column is not None else [])]
+    for column in wanted:
+        if column not in table.column_names:
+            hint = " (is it tab-separated? set format: tsv)" if fmt == "csv" and len(table.column_names) == 1 else ""
+            raise ValueError(f"{where}: no column {column!r}; the columns are {', '.join(table.column_names)}{hint}")
+    if spec.limit > 0:
+        table = table.select(range(min(spec.limit, len(table))))
+    if len(table) == 0:
+        raise ValueError(f"{where}: the table has no rows")
+
+    columns = {}
+    for column in spec.text_columns:
+        values = table[column]
+        for row, value in enumerate(values):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                raise ValueError(f"{where}: row {row} has no text in column {column!r}")
+        columns[column] = [value if isinstance(value, str) else str(value) for value in values]
+    features = {column: datasets.Value("string") for column in columns}
+    if spec.label_column is not None:
+        values = table[spec.label_column]
+        try:
+            labels = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            labels = np.full(len(values), np.nan)
+        for row in np.flatnonzero(np.isnan(labels))[:1]:
+            raise ValueError(f"{where}: row {row} has no numeric label in column {spec.label_column!r}: {values[row]!r}")
+        columns["label"] = (labels / spec.label_scale).astype(np.float32)
+        features["label"] = datasets.Value("float32")
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedTable:
+    """Token ids of every row, one flat int32 array + offsets per text column (row i is ids[o[i]:o[i+1]])."""
+
+    columns: tuple[str, ...]
+    ids: tuple[np.ndarray, ...]  # per column: int32 [total tokens]
+    offsets: tuple[np.ndarray, ...]  # per column: int64 [n + 1]
+    labels: np.ndarray | None  # float32 [n]
+
+    def __len__(self) -> int:
+        return len(self.offsets[0]) - 1
+
+    def lengths(self, column: int) -> np.ndarray:
+        return np.diff(self.offsets[column])
+
+    def row(self, column: int, index: int) -> np.ndarray:
+        return self.ids[column][self.offsets[column][index] : self.offsets[column][index + 1]]
+
+
+def _text_fingerprint(table: datasets.Dataset, text_columns: Sequence[str]) -> str:
+    """A hash of the text columns' contents (hashing is much cheaper than tokenizing)."""
+    digest = hashlib.sha256(repr(tuple(text_columns)).encode())
+    for column in text_columns:
+        for start in range(0, len(table), 10_000):
+            texts = table[start : start + 10_000][column]
+            digest.update(f"{len(texts)}\x1e".encode() + "\x1f".join(texts).encode())
+    return digest.hexdigest()
+
+
+def tokenize_table(
+    table: datasets.Dataset,
+    tokenize: Callable[[list[str]], list[list[int]]],
+    text_columns: Sequence[str],
+    cache_dir: str | os.PathLike | None = None,
+    cache_key: str = "",
+) -> TokenizedTable:
+    """Token ids of `text_columns`, tokenized once; with cache_dir, saved there and reused on reruns.
+
+    cache_key names the tokenizer (its name or a hash of it, plus max_seq_length): the cache file is
+    keyed by it and by a hash of the texts, so another tokenizer or other data never reads a stale file.
+    """
+    text_columns = tuple(text_columns)
+    labels = np.asarray(table["label"], np.float32) if "label" in table.column_names else None
+    path = None
+    if cache_dir is not None:
+        if not cache_key:
+            raise ValueError("tokenize_table: a cache_dir needs a cache_key naming the tokenizer and max_seq_length")
+        key = hashlib.sha256(f"{cache_key}\x1f{_text_fingerprint(table, text_columns)}".encode()).hexdigest()[:24]
+        path = Path(cache_dir) / f"tokens-{key}.npz"
+        if path.is_file():
+            with np.load(path) as cached:
+                ids = tuple(cached[f"ids{i}"] for i in range(len(text_columns)))
+                offsets = tuple(cached[f"offsets{i}"] for i in range(len(text_columns)))
+            return TokenizedTable(text_columns, ids, offsets, labels)
+
+    def tokenize_batch(*texts):
+        return {f"{column}.ids": tokenize(list(column_texts)) for column, column_texts in zip(text_columns, texts)}
+
+    features = datasets.Features({f"{c}.ids": datasets.List(datasets.Value("int32")) for c in text_columns})
+    mapped = table.map(
+        tokenize_batch, batched=True, input_columns=list(text_columns), remove_columns=table.column_names,
+        features=features, keep_in_memory=True, new_fingerprint=f"tokenized-{cache_key or 'nocache'}", desc="Tokenizing",
+    )
+    ids, offsets = [], []
+    for column in text_columns:
+        lists = mapped.data.column(f"{column}.ids").combine_chunks()  # a pyarrow ListArray: no per-row Python
+        ids.append(np.asarray(lists.flatten(), dtype=np.int32))
+        offsets.append(np.concatenate([[0], np.cumsum(np.asarray(lists.value_lengths(), dtype=np.int64))]))
+    result = TokenizedTable(text_columns, tuple(ids), tuple(offsets), labels)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")  # write then rename: readers never see half a file
+        arrays = {f"ids{i}": a for i, a in enumerate(ids)} | {f"offsets{i}": o for i, o in enumerate(offsets)}
+        np.savez(partial, **arrays)
+        os.replace(partial, path)
+    return result
+
+
+class BatchIterator:
+    """Deterministic, resumable, padded batches of a TokenizedTable, filled on a background thread.
+
+    batch_size is the global batch; process p of process_count yields rows [p*b/P, (p+1)*b/P) of
+    each global batch, padded to the global batch's bucket so every process builds the same shape.
+    Without drop_last the epoch's last batch keeps its real size (rows copied to fill it would
+    change the loss), which costs one more compiled program, and with several processes or
+    devices its size must still split evenly over them: set drop_last when it does not.
+    """
+
+    def __init__(
+        self,
+        data: TokenizedTable,
+        batch_size: int,
+        buckets: tuple[int, ...],
+        pad_id: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        process_index: int = 0,
+        process_count: int = 1,
+        prefetch: int = 2,
+    ):
+        if batch_size < 1 or batch_size % process_count:
+            raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+        self.data, self.batch_size, self.buckets = data, batch_size, tuple(sorted(buckets))
+        self.pad_id, self.seed, self.shuffle, self.drop_last = pad_id, seed, shuffle, drop_last
+        self.process_index, self.process_count, self.prefetch = process_index, process_count, prefetch
+        n = len(data)
+        self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{n} rows make no batch of {batch_size} with drop_last; lower batch_size")
+        self._lengths = np.stack([data.lengths(c) for c in range(len(data.columns))], axis=1).max(axis=1)  # [n]
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The rows of `epoch` in order: a permutation fixed by (seed, epoch), so a resumed run sees the same batches."""
+        n = len(self.data)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def make_batch(self, rows: np.ndarray) -> dict:
+        """This process's part of the global batch of `rows`, padded to the global batch's bucket."""
+        longest = int(self._lengths[rows].max())
+        if longest > self.buckets[-1]:
+            raise ValueError(f"a row has {longest} tokens, more than the largest bucket {self.buckets[-1]}")
+        length = next(b for b in self.buckets if b >= longest)
+        count, p, P = len(rows), self.process_index, self.process_count
+        local = rows[p * count // P : (p + 1) * count // P]
+        positions = np.arange(length)
+        columns = []
+        for column in range(len(self.data.columns)):
+            starts, lengths = self.data.offsets[column][local], self.data.lengths(column)[local]
+            mask = positions[None, :] < lengths[:, None]  # [b, T]: real tokens left, pads right
+            flat = self.data.ids[column]
+            gather = np.minimum(starts[:, None] + positions[None, :], max(len(flat) - 1, 0))
+            input_ids = np.where(mask, flat[gather] if len(flat) else 0, self.pad_id).astype(np.int32)
+            columns.append({"input_ids": input_ids, "attention_mask": mask.astype(np.int32)})
+        batch = {"columns": columns}
+        if self.data.labels is not None:
+            batch["labels"] = self.data.labels[local]
+        return batch
+
+    def _generate(self, start_epoch: int, start_step: int) -> Iterator[tuple[int, int, dict]]:
+        epoch, step = start_epoch, start_step
+        while True:
+            order = self.epoch_order(epoch)
+            for step in range(step, self.steps_per_epoch):
+                yield epoch, step, self.make_batch(order[step * self.batch_size : (step + 1) * self.batch_size])
+            epoch, step = epoch + 1, 0
+
+    def batches(self, start_epoch: int = 0, start_step: int = 0) -> Iterator[tuple[int, int, dict]]:
+        """(epoch, step_in_epoch, batch) forever from that position; close() it (or break) to stop the thread."""
+        if not 0 <= start_step < self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} is not in [0, {self.steps_per_epoch})")
+        if self.prefetch <= 0:
+            return self._generate(start_epoch, start_step)
+        return self._prefetched(start_epoch, start_step)
+
+    def _prefetched(self, start_epoch: int, start_step: int) -> Iterator[tuple[int, int, dict]]:
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():  # time out now and then to notice the consumer has gone
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def fill():
+            try:
+                for item in self._generate(start_epoch, start_step):
+                    if not put((item, None)):
+                        return
+            except BaseException as error:  # handed to the consumer, raised there
+                put((None, error))
+
+        thread = threading.Thread(target=fill, name="BatchIterator-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item, error = ready.get()
+                if error is not None:
+                    raise error
+                yield item
+        finally:  # generator closed, broken out of, or an error: stop the thread and wait for it
+            stop.set()
+            thread.join()
