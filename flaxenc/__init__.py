@@ -6,7 +6,7 @@ from flaxenc.encoder import SentenceEncoder
 from flaxenc.models import BertModel, EncoderConfig, RobertaModel
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, LayerNorm, Normalize, Pooling, pool
 from flaxenc.sentence_model import SentenceModel
-from flaxenc import losses, optim
+from flaxenc import evaluation, losses, optim
 from flaxenc.optim import OptimizerConfig, adamw, learning_rate_schedule
 from flaxenc.train_step import TrainState, TrainStep, embed_columns, init_train_state
 
@@ -27,6 +27,7 @@ __all__ = [
     "TrainStep",
     "adamw",
     "embed_columns",
+    "evaluation",
     "init_train_state",
     "learning_rate_schedule",
     "losses",

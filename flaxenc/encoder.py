@@ -84,7 +84,9 @@ class SentenceEncoder:
         self._folder.model = model
         graphdef, state = nnx.split(model)
         self._state = jax.device_put(state, sharding.replicated(self._mesh))
-        self._embed = jax.jit(functools.partial(_embed, graphdef))
+        if getattr(self, "_graphdef", None) != graphdef:  # new parameters alone reuse the compiled programs
+            self._graphdef = graphdef
+            self._embed = jax.jit(functools.partial(_embed, graphdef))
 
     @property
     def tokenizer(self):
@@ -101,6 +103,11 @@ class SentenceEncoder:
     @property
     def prompts(self) -> dict[str, str]:
         return dict(self._folder.st_config.get("prompts") or {})
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """The similarity the model was trained for (config_sentence_transformers.json), cosine by default."""
+        return self._folder.st_config.get("similarity_fn_name") or "cosine"
 
     @property
     def compiled_shapes(self) -> frozenset[tuple[int, int]]:

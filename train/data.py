@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -30,16 +31,14 @@ def _file_format(spec: DatasetConfig) -> str:
     fmt = spec.format.lower()
     if fmt:
         if fmt not in ("csv", "tsv", "json", "jsonl", "parquet", "hub"):
-            raise ValueError(f"{spec.path}: unknown data format {spec.format!r} (csv, tsv, json, jsonl, parquet or hub)")
+            raise ValueError(f"{spec.path}: unknown format {spec.format!r} (csv, tsv, json, jsonl, parquet or hub)")
         return "json" if fmt == "jsonl" else fmt
     suffix = Path(spec.path).suffix.lower()
     if suffix in _FORMATS:
-        if not os.path.isfile(spec.path):
-            raise FileNotFoundError(f"{spec.path}: no such data file")
         return _FORMATS[suffix]
     if os.path.isfile(spec.path):
-        raise ValueError(f"{spec.path}: cannot tell the format from the extension; set format (csv, tsv, json, jsonl, parquet)")
-    return "hub"
+        raise ValueError(f"{spec.path}: cannot tell the format from the extension; set format (csv, tsv, ...)")
+    return "hub"  # not a file and no file extension: a hub name like "sentence-transformers/stsb"
 
 
 def _read_delimited(path: str, tsv: bool, header: bool) -> datasets.Dataset:
@@ -63,18 +62,28 @@ def _load_hub(spec: DatasetConfig) -> datasets.Dataset:
     try:
         return datasets.load_dataset(spec.path, spec.name, split=spec.split)
     except Exception as error:
-        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        variables = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in variables)
         raise ValueError(
             f"{spec.path!r} is not a local file, and loading it from the Hugging Face hub failed"
-            f"{' (offline mode: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)' if offline else ''}: the hub could not be "
-            f"reached or has no such dataset ({type(error).__name__}: {str(error)[:300]}). Download it while online, "
-            "or point `path` at a local csv, tsv, json, jsonl or parquet file."
+            f"{' (offline mode: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)' if offline else ''}: the hub could not "
+            f"be reached, or has no such dataset, name or split ({type(error).__name__}: {str(error)[:300]}). "
+            "Download it while online, or point `path` at a local csv, tsv, json, jsonl or parquet file."
         ) from error
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def load_table(spec: DatasetConfig) -> datasets.Dataset:
     """The examples of `spec` as a Dataset: its text columns (str), plus "label" (float32 / label_scale)."""
     fmt = _file_format(spec)
+    if fmt != "hub" and not os.path.isfile(spec.path):
+        raise FileNotFoundError(f"{spec.path}: no such data file")
     if fmt == "hub":
         table = _load_hub(spec)
     elif fmt in ("csv", "tsv"):
@@ -88,7 +97,8 @@ def load_table(spec: DatasetConfig) -> datasets.Dataset:
     for column in wanted:
         if column not in table.column_names:
             hint = " (is it tab-separated? set format: tsv)" if fmt == "csv" and len(table.column_names) == 1 else ""
-            raise ValueError(f"{where}: no column {column!r}; the columns are {', '.join(table.column_names)}{hint}")
+            existing = ", ".join(map(repr, table.column_names))
+            raise ValueError(f"{where}: no column {column!r}; the columns are {existing}{hint}")
     if spec.limit > 0:
         table = table.select(range(min(spec.limit, len(table))))
     if len(table) == 0:
@@ -96,20 +106,22 @@ def load_table(spec: DatasetConfig) -> datasets.Dataset:
 
     columns = {}
     for column in spec.text_columns:
-        values = table[column]
+        values = table[column][:]  # a list; iterating a datasets Column row by row is slow
         for row, value in enumerate(values):
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 raise ValueError(f"{where}: row {row} has no text in column {column!r}")
         columns[column] = [value if isinstance(value, str) else str(value) for value in values]
     features = {column: datasets.Value("string") for column in columns}
     if spec.label_column is not None:
-        values = table[spec.label_column]
+        values = table[spec.label_column][:]
         try:
-            labels = np.asarray(values, dtype=np.float64)
+            labels = np.asarray(values, dtype=np.float64)  # parses csv/tsv strings too; None -> nan
         except (TypeError, ValueError):
-            labels = np.full(len(values), np.nan)
-        for row in np.flatnonzero(np.isnan(labels))[:1]:
-            raise ValueError(f"{where}: row {row} has no numeric label in column {spec.label_column!r}: {values[row]!r}")
+            labels = np.asarray([_number(value) for value in values])
+        bad = np.flatnonzero(np.isnan(labels))
+        if len(bad):
+            row = int(bad[0])
+            raise ValueError(f"{where}: row {row} has no numeric label in {spec.label_column!r}: {values[row]!r}")
         columns["label"] = (labels / spec.label_scale).astype(np.float32)
         features["label"] = datasets.Value("float32")
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
@@ -139,7 +151,7 @@ def _text_fingerprint(table: datasets.Dataset, text_columns: Sequence[str]) -> s
     digest = hashlib.sha256(repr(tuple(text_columns)).encode())
     for column in text_columns:
         for start in range(0, len(table), 10_000):
-            texts = table[start : start + 10_000][column]
+            texts = table[column][start : start + 10_000]
             digest.update(f"{len(texts)}\x1e".encode() + "\x1f".join(texts).encode())
     return digest.hexdigest()
 
@@ -157,7 +169,7 @@ def tokenize_table(
     keyed by it and by a hash of the texts, so another tokenizer or other data never reads a stale file.
     """
     text_columns = tuple(text_columns)
-    labels = np.asarray(table["label"], np.float32) if "label" in table.column_names else None
+    labels = np.asarray(table["label"][:], np.float32) if "label" in table.column_names else None
     path = None
     if cache_dir is not None:
         if not cache_key:
@@ -176,8 +188,8 @@ def tokenize_table(
     features = datasets.Features({f"{c}.ids": datasets.List(datasets.Value("int32")) for c in text_columns})
     mapped = table.map(
         tokenize_batch, batched=True, input_columns=list(text_columns), remove_columns=table.column_names,
-        features=features, keep_in_memory=True, new_fingerprint=f"tokenized-{cache_key or 'nocache'}", desc="Tokenizing",
-    )
+        features=features, keep_in_memory=True, new_fingerprint=uuid.uuid4().hex, desc="Tokenizing",
+    )  # in memory, never in datasets' own cache: the npz above is the cache, keyed by content
     ids, offsets = [], []
     for column in text_columns:
         lists = mapped.data.column(f"{column}.ids").combine_chunks()  # a pyarrow ListArray: no per-row Python
@@ -227,10 +239,11 @@ class BatchIterator:
         self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{n} rows make no batch of {batch_size} with drop_last; lower batch_size")
-        self._lengths = np.stack([data.lengths(c) for c in range(len(data.columns))], axis=1).max(axis=1)  # [n]
+        self._column_lengths = [data.lengths(c) for c in range(len(data.columns))]  # per column [n]
+        self._lengths = np.max(self._column_lengths, axis=0)  # [n]: a row's longest column sets its bucket
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The rows of `epoch` in order: a permutation fixed by (seed, epoch), so a resumed run sees the same batches."""
+        """The rows of `epoch` in order, a permutation fixed by (seed, epoch): a resumed run sees the same batches."""
         n = len(self.data)
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
@@ -240,12 +253,12 @@ class BatchIterator:
         if longest > self.buckets[-1]:
             raise ValueError(f"a row has {longest} tokens, more than the largest bucket {self.buckets[-1]}")
         length = next(b for b in self.buckets if b >= longest)
-        count, p, P = len(rows), self.process_index, self.process_count
-        local = rows[p * count // P : (p + 1) * count // P]
+        count, index, processes = len(rows), self.process_index, self.process_count
+        local = rows[index * count // processes : (index + 1) * count // processes]
         positions = np.arange(length)
         columns = []
         for column in range(len(self.data.columns)):
-            starts, lengths = self.data.offsets[column][local], self.data.lengths(column)[local]
+            starts, lengths = self.data.offsets[column][local], self._column_lengths[column][local]
             mask = positions[None, :] < lengths[:, None]  # [b, T]: real tokens left, pads right
             flat = self.data.ids[column]
             gather = np.minimum(starts[:, None] + positions[None, :], max(len(flat) - 1, 0))
