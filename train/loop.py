@@ -1,0 +1,386 @@
+"""The training run: config -> model, data, loss, optimizer -> jitted steps, evaluation, checkpoints.
+
+The loop keeps the device busy: batches are padded on a background thread, steps are dispatched
+without waiting, and metrics are fetched only every `log_every` steps (a NaN is then traced back to
+its step). The data order is a function of (seed, epoch) and dropout keys of (seed, step), so a
+run resumed from a checkpoint takes exactly the steps the interrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from flaxenc import evaluation, losses, optim, sharding
+from flaxenc.encoder import SentenceEncoder, sequence_buckets
+from flaxenc.train_step import TrainStep, init_train_state, params_to_model
+from train.checkpoint import CheckpointError, Checkpoints, write_json
+from train.config import ConfigError, DatasetConfig, EvaluationConfig, LossConfig, TrainConfig, to_dict
+from train.data import BatchIterator, load_table, tokenize_table
+from train.logs import RunLog
+from train.model import build_encoder
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class Summary:
+    output_dir: str
+    steps: int
+    epochs: float
+    seconds: float
+    pairs_per_second: float
+    final_loss: float | None
+    resumed_from: int | None
+    final_model: str
+    eval: dict[str, float] = dataclasses.field(default_factory=dict)
+    best_step: int | None = None
+    best_model: str | None = None
+    primary_metric: str | None = None
+    test: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_primary_metric: str | None = None
+
+    def __str__(self) -> str:
+        lines = [
+            f"Trained {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f} s, "
+            f"{self.pairs_per_second:.1f} examples/s" + (f", resumed from step {self.resumed_from}" if self.resumed_from else ""),
+            f"  final training loss: {self.final_loss:.6g}" if self.final_loss is not None else "  no step taken",
+        ]
+        if self.primary_metric and self.primary_metric in self.eval:
+            lines.append(f"  final {self.primary_metric}: {self.eval[self.primary_metric]:.4f}")
+        if self.test_primary_metric in self.test:
+            lines.append(f"  test {self.test_primary_metric}: {self.test[self.test_primary_metric]:.4f}")
+        lines.append(f"  model: {self.final_model}")
+        if self.best_model:
+            lines.append(f"  best model (step {self.best_step}): {self.best_model}")
+        lines.append(f"  metrics, plot and TensorBoard events: {self.output_dir}")
+        return "\n".join(lines)
+
+
+def build_loss(config: LossConfig) -> losses._Loss:
+    try:
+        return losses.get_loss(config.name, **config.args)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"loss: {error}") from None
+
+
+def build_evaluator(config: EvaluationConfig, data: DatasetConfig | None = None):
+    """The evaluator named in the config, over `data` (default: its data table); None when none is named."""
+    if not config.evaluator:
+        return None
+    data = data or config.data
+    kinds = {"embedding_similarity": 2, "binary_classification": 2, "triplet": 3}
+    if config.evaluator not in kinds:
+        known = ", ".join(kinds)
+        raise ConfigError(f"evaluation.evaluator: unknown evaluator {config.evaluator!r} (from a config: {known})")
+    columns = kinds[config.evaluator]
+    if len(data.text_columns) != columns:
+        raise ConfigError(f"evaluation: {config.evaluator} takes {columns} text columns, got {list(data.text_columns)}")
+    table = load_table(data)
+    texts = [table[column][:] for column in data.text_columns]
+    name = Path(data.path).stem.replace("/", "_")
+    common = dict(batch_size=config.batch_size, name=name)
+    if config.evaluator == "triplet":
+        return evaluation.TripletEvaluator(*texts, **common)
+    labels = table["label"][:] if "label" in table.column_names else None
+    if labels is None:
+        raise ConfigError(f"evaluation: {config.evaluator} needs labels; set label_column")
+    if config.evaluator == "binary_classification":
+        bad = sorted({label for label in labels if label not in (0, 1)})
+        if bad:
+            raise ConfigError(f"{data.path}: binary_classification needs 0/1 labels in {data.label_column!r}, found {bad[:5]}")
+        return evaluation.BinaryClassificationEvaluator(*texts, [int(label) for label in labels], **common)
+    return evaluation.EmbeddingSimilarityEvaluator(*texts, labels, **common)
+
+
+def _mesh(devices: int):
+    if devices == 0:
+        return sharding.global_data_mesh()
+    if devices > jax.local_device_count() or jax.process_count() > 1:
+        raise ConfigError(f"devices: {devices} of {jax.local_device_count()} local devices (0 uses all devices of all processes)")
+    return sharding.data_mesh(jax.local_devices()[:devices])
+
+
+def _tokenizer_key(encoder: SentenceEncoder) -> str:
+    """Names the tokenization exactly: the tokenizer's full definition and the truncation length."""
+    definition = encoder.tokenizer.backend_tokenizer.to_str()
+    return hashlib.sha256(f"{definition}\x1f{encoder.max_seq_length}".encode()).hexdigest()
+
+
+class Run:
+    """One training run in `config.output_dir`; `Run(config).train()` returns a Summary."""
+
+    def __init__(self, config: TrainConfig, progress: bool = True):
+        self.config, self.progress = config, progress
+        self.output_dir = Path(config.output_dir)
+        self.is_main = jax.process_index() == 0
+        self._validate()
+        self.mesh = _mesh(config.devices)
+        self.encoder = build_encoder(config.model, config.seed)
+        self.loss = build_loss(config.loss)
+        self.evaluator = build_evaluator(config.evaluation)
+        self.test_evaluator = build_evaluator(config.evaluation, config.evaluation.test_data) if config.evaluation.test_data else None
+        self._prepare_data()
+        self._prepare_optimizer()
+
+    def _validate(self) -> None:
+        config = self.config
+        for key in ("batch_size", "epochs", "log_every"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {getattr(config, key)}")
+        if config.optimizer.accumulation_steps < 1:
+            raise ConfigError(f"optimizer.accumulation_steps: must be at least 1, got {config.optimizer.accumulation_steps}")
+        if config.max_steps < 0:
+            raise ConfigError(f"max_steps: must be 0 (all epochs) or positive, got {config.max_steps}")
+
+    def _prepare_data(self) -> None:
+        config, spec = self.config, self.config.data.train
+        if self.loss.takes_labels and spec.label_column is None:
+            raise ConfigError(f"data.train.label_column: loss {config.loss.name!r} needs labels")
+        table = load_table(spec if self.loss.takes_labels else dataclasses.replace(spec, label_column=None))
+        self.data = tokenize_table(
+            table, self.encoder.tokenize, spec.text_columns, cache_dir=self.output_dir / "cache", cache_key=_tokenizer_key(self.encoder)
+        )
+        devices, processes = self.mesh.size, jax.process_count()
+        remainder = len(self.data) % config.batch_size
+        # A short last batch must still split evenly over the devices; otherwise drop it.
+        drop_last = config.data.drop_last or (remainder % devices != 0)
+        if config.batch_size % devices:
+            raise ConfigError(f"batch_size: {config.batch_size} does not split evenly over {devices} devices")
+        self.batches = BatchIterator(
+            self.data,
+            config.batch_size,
+            sequence_buckets(self.encoder.max_seq_length),
+            self.encoder.tokenizer.pad_token_id or 0,
+            config.seed,
+            shuffle=config.data.shuffle,
+            drop_last=drop_last,
+            process_index=jax.process_index(),
+            process_count=processes,
+        )
+
+    def _prepare_optimizer(self) -> None:
+        config, opt = self.config, self.config.optimizer
+        self.accumulation = opt.accumulation_steps
+        micro_steps = self.batches.steps_per_epoch * config.epochs
+        if config.max_steps:
+            micro_steps = min(micro_steps, config.max_steps * self.accumulation)
+        self.total_steps = micro_steps // self.accumulation
+        if self.total_steps < 1:
+            raise ConfigError(f"optimizer.accumulation_steps: {self.accumulation} micro-batches exceed the run's {micro_steps}")
+        self.total_micro_steps = self.total_steps * self.accumulation
+        # transformers' get_warmup_steps: explicit steps, else ceil(ratio * total).
+        warmup = opt.warmup_steps if opt.warmup_steps is not None else math.ceil(opt.warmup_ratio * self.total_steps)
+        try:
+            self.schedule = optim.learning_rate_schedule(opt.scheduler, opt.learning_rate, warmup, self.total_steps)
+        except ValueError as error:
+            raise ConfigError(f"optimizer.scheduler: {error}") from None
+        self.warmup_steps = warmup
+        tx = optim.adamw(
+            self.schedule, opt.weight_decay, opt.max_grad_norm, opt.adam_beta1, opt.adam_beta2, opt.adam_epsilon, self.accumulation
+        )
+        self.graphdef, state = init_train_state(self.encoder.model, tx, config.seed)
+        self.step_fn = TrainStep(
+            self.graphdef, self.loss, tx, self.mesh, self.schedule, self.accumulation, config.dropout, config.fsdp
+        )
+        self.state = self.step_fn.place_state(state)
+
+    # -- resuming ---------------------------------------------------------------------------
+
+    def _position(self, micro_step: int, metric: float | None) -> dict[str, Any]:
+        epoch, in_epoch = divmod(micro_step, self.batches.steps_per_epoch)
+        return {
+            "micro_step": micro_step,
+            "epoch": epoch,
+            "step_in_epoch": in_epoch,
+            "steps_per_epoch": self.batches.steps_per_epoch,
+            "batch_size": self.config.batch_size,
+            "rows": len(self.data),
+            "metric": metric,
+        }
+
+    def _resume(self, checkpoints: Checkpoints) -> int | None:
+        """Restores the newest checkpoint, if resuming; returns its optimizer step."""
+        step = checkpoints.latest_step()
+        if step is None:
+            return None
+        if not self.config.resume:
+            raise CheckpointError(
+                f"{checkpoints.directory} holds checkpoints of an earlier run (newest: step {step}) and resume is "
+                "false: set resume=true to continue it, or choose another output_dir"
+            )
+        self.state, position = checkpoints.restore(step, like=self.state)
+        expected = self._position(int(self.state.step), None)
+        changed = [key for key in ("micro_step", "steps_per_epoch", "batch_size", "rows") if position.get(key) != expected[key]]
+        if changed:
+            then = ", ".join(f"{key} {position.get(key)}" for key in changed)
+            now = ", ".join(f"{key} {expected[key]}" for key in changed)
+            raise CheckpointError(
+                f"{checkpoints.directory / str(step)}: the checkpoint was written with {then}; this run has {now}. "
+                "The data or batch size changed since: resuming would not continue the same run; use another output_dir"
+            )
+        self.state = self.step_fn.place_state(self.state)
+        return step
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def evaluate(self, step: int, epoch: float) -> dict[str, float]:
+        self.encoder.model = params_to_model(self.graphdef, self.state)
+        output_path = str(self.output_dir / "eval") if self.is_main else None
+        return self.evaluator(self.encoder, output_path=output_path, epoch=int(epoch), steps=step)
+
+    def train(self) -> Summary:
+        config = self.config
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+        checkpoints = Checkpoints(self.output_dir / "checkpoints", config.checkpoint.keep)
+        resumed = self._resume(checkpoints)
+        start = resumed or 0
+        log = RunLog(self.output_dir, start) if self.is_main else None
+        primary = self.evaluator.primary_metric if self.evaluator else None
+        per_epoch = self.batches.steps_per_epoch
+        examples_per_step = config.batch_size * self.accumulation
+        logger.info(
+            "%d examples, %d steps a epoch, %d optimizer steps (warmup %d), %d devices",
+            len(self.data), per_epoch, self.total_steps, self.warmup_steps, self.mesh.size,
+        )
+
+        pending: list[tuple[int, dict]] = []  # (optimizer step, metrics on device) not yet fetched
+        last_good = resumed
+        last_loss, eval_result = None, {}
+        window_start, window_steps = time.perf_counter(), 0
+        started, steps_done = time.perf_counter(), 0
+        bar = tqdm(total=self.total_steps, initial=start, desc="Training", unit="step", disable=not self.progress or not self.is_main)
+
+        def flush(step: int) -> None:
+            """Fetches pending metrics; stops at the first non-finite loss; logs the window's mean."""
+            nonlocal last_loss, window_start, window_steps
+            fetched = jax.device_get([metrics for _, metrics in pending])
+            for (at, _), metrics in zip(pending, fetched):
+                if not math.isfinite(float(metrics["loss"])):
+                    where = f"step {last_good} in {checkpoints.directory}" if last_good else "none was written"
+                    raise TrainingDiverged(
+                        f"the training loss is {float(metrics['loss'])} at optimizer step {at} (epoch "
+                        f"{(at * self.accumulation) / per_epoch:.2f}); stopping. The last good checkpoint: {where}. "
+                        "Lower the learning rate, or check the data and labels."
+                    )
+            elapsed = time.perf_counter() - window_start
+            values = {
+                "loss": float(np.mean([float(m["loss"]) for m in fetched])),
+                "learning_rate": float(fetched[-1]["learning_rate"]),
+                "grad_norm": float(fetched[-1]["grad_norm"]),
+                "examples_per_second": window_steps * examples_per_step / elapsed,
+            }
+            last_loss = values["loss"]
+            pending.clear()
+            window_start, window_steps = time.perf_counter(), 0
+            if log:
+                log.write("train", step, step * self.accumulation / per_epoch, values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", ex_s=f"{values['examples_per_second']:.0f}")
+
+        batches = self.batches.batches(*divmod(start * self.accumulation, per_epoch))
+        try:
+            for micro in range(start * self.accumulation, self.total_micro_steps):
+                _, in_epoch, batch = next(batches)
+                self.state, metrics = self.step_fn(self.state, batch)
+                if (micro + 1) % self.accumulation:
+                    continue
+                step = (micro + 1) // self.accumulation
+                pending.append((step, metrics))
+                window_steps += 1
+                steps_done += 1
+                bar.update(1)
+                last = step == self.total_steps
+                epoch_end = in_epoch == per_epoch - 1
+                evaluate = self.evaluator is not None and (
+                    epoch_end or last or (config.evaluation.every_steps and step % config.evaluation.every_steps == 0)
+                )
+                save = evaluate or last or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
+                if step % config.log_every == 0 or evaluate or save:
+                    flush(step)  # before a checkpoint: never save a diverged state
+                metric = None
+                if evaluate:
+                    eval_result = self.evaluate(step, (micro + 1) / per_epoch)
+                    primary = self.evaluator.primary_metric  # known once the evaluator has seen the model
+                    metric = eval_result.get(primary)
+                    if log:
+                        log.write("eval", step, (micro + 1) / per_epoch, eval_result)
+                        log.plot(primary)
+                    if self.is_main:
+                        tqdm.write(f"step {step}: {primary} {metric:.4f}")
+                if save:
+                    checkpoints.save(step, self.state, self._position(micro + 1, metric))
+                    last_good = step
+                if evaluate or save:
+                    window_start = time.perf_counter()  # throughput counts training steps only
+        finally:
+            batches.close()
+            bar.close()
+        seconds = time.perf_counter() - started
+
+        final_dir = self.output_dir / "final"
+        self.encoder.model = params_to_model(self.graphdef, self.state)
+        best_step = checkpoints.best_step() if self.evaluator else None
+        best_dir = None
+        if self.is_main:
+            self.encoder.save(final_dir)
+            if best_step is not None and best_step != self.total_steps:
+                best_state, _ = checkpoints.restore(best_step, like=self.state)
+                self.encoder.model = params_to_model(self.graphdef, best_state)
+                best_dir = self.output_dir / "best"
+                self.encoder.save(best_dir)
+                self.encoder.model = params_to_model(self.graphdef, self.state)
+            elif best_step is not None:
+                best_dir = final_dir
+        checkpoints.close()
+        if not eval_result and self.evaluator is not None and resumed == self.total_steps:
+            eval_result = self.evaluate(self.total_steps, self.total_micro_steps / per_epoch)  # a finished run rerun
+            primary = self.evaluator.primary_metric
+        test_result = {}
+        if self.test_evaluator is not None:
+            test_result = self.test_evaluator(
+                self.encoder, output_path=str(self.output_dir / "eval") if self.is_main else None,
+                epoch=int(self.total_micro_steps / per_epoch), steps=self.total_steps,
+            )
+        summary = Summary(
+            output_dir=str(self.output_dir),
+            steps=self.total_steps,
+            epochs=self.total_micro_steps / per_epoch,
+            seconds=seconds,
+            pairs_per_second=steps_done * examples_per_step / seconds if steps_done else 0.0,
+            final_loss=last_loss,
+            resumed_from=resumed,
+            final_model=str(final_dir),
+            eval=dict(eval_result),
+            best_step=best_step,
+            best_model=str(best_dir) if best_dir else None,
+            primary_metric=primary,
+            test=dict(test_result),
+            test_primary_metric=self.test_evaluator.primary_metric if self.test_evaluator else None,
+        )
+        if log:
+            if self.evaluator is None:
+                log.plot(None)
+            log.close()
+            write_json(self.output_dir / "summary.json", dataclasses.asdict(summary))
+        return summary
+
+
+def train(config: TrainConfig, progress: bool = True) -> Summary:
+    """Runs (or resumes) the training `config` describes."""
+    return Run(config, progress).train()
