@@ -81,7 +81,8 @@ class DataConfig:
     train: DatasetConfig = DatasetConfig()
     # Shuffle the training rows each epoch, by seed and epoch.
     shuffle: bool = True
-    # Drop a last incomplete batch, as ST's fit() computes its step count.
+    # Drop a last incomplete batch. ST's fit() sizes its schedule as if it did (rows // batch)
+    # but still trains that last batch.
     drop_last: bool = False
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks and end-to-end comparisons against PyTorch sentence-transformers."""
