@@ -38,6 +38,21 @@ def batch_rows(n: int, batch_size: int, multiple: int) -> int:
     return -(-rows // multiple) * multiple
 
 
+def length_batches(sorted_lengths: np.ndarray, buckets: Sequence[int], batch_size: int) -> list[tuple[int, int, int]]:
+    """(start, stop, padded length) of each batch of token lengths sorted longest first.
+
+    A batch never spans two buckets, so a few long sentences pad only their own batch to a long
+    bucket, not batch_size shorter ones with them.
+    """
+    padded = np.asarray(buckets)[np.searchsorted(buckets, sorted_lengths)]  # each row's bucket
+    batches = []
+    for length in sorted(set(padded.tolist()), reverse=True):
+        rows = np.flatnonzero(padded == length)  # contiguous: the lengths are sorted
+        for start in range(rows[0], rows[-1] + 1, batch_size):
+            batches.append((int(start), int(min(start + batch_size, rows[-1] + 1)), length))
+    return batches
+
+
 def _embed(graphdef, state, input_ids, attention_mask, prompt_length):
     model = nnx.merge(graphdef, state)
     return model(input_ids, attention_mask, prompt_length=prompt_length)
@@ -154,7 +169,8 @@ class SentenceEncoder:
         """Embeds sentences: [N, D] for a list, [D] for a single string (fp32).
 
         Sentences are sorted by token length and padded to a few bucket lengths and batch sizes,
-        so XLA compiles a bounded number of programs; the input order is restored.
+        so XLA compiles a bounded number of programs; a batch never spans two buckets. The input
+        order is restored.
         """
         single = isinstance(sentences, str)
         if single:
@@ -181,19 +197,18 @@ class SentenceEncoder:
             texts = [prompt + text for text in texts]  # ST prepends the prompt to the text
             prompt_length = self._prompt_length(prompt)
         token_ids = self.tokenize(texts)
-        order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
-        buckets = sequence_buckets(self.max_seq_length)
+        lengths = np.array([len(ids) for ids in token_ids])
+        order = np.argsort(-lengths, kind="stable")
         n_devices = self._mesh.size
         batch_size = -(-batch_size // n_devices) * n_devices
+        batches = length_batches(lengths[order], sequence_buckets(self.max_seq_length), batch_size)
         pad_id = self.tokenizer.pad_token_id or 0
         batch_shard = sharding.batch_sharding(self._mesh)
 
         outputs = []
-        starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
-            batch = [token_ids[i] for i in order[start : start + batch_size]]
+        for start, stop, length in tqdm(batches, desc="Batches", disable=not show_progress_bar):
+            batch = [token_ids[i] for i in order[start:stop]]
             rows = batch_rows(len(batch), batch_size, n_devices)
-            length = next(b for b in buckets if b >= max(len(ids) for ids in batch))
             input_ids = np.full((rows, length), pad_id, np.int32)
             mask = np.zeros((rows, length), np.int32)
             for row in range(rows):
@@ -228,4 +243,4 @@ class SentenceEncoder:
         )
 
 
-__all__ = ["SentenceEncoder", "batch_rows", "sequence_buckets"]
+__all__ = ["SentenceEncoder", "batch_rows", "length_batches", "sequence_buckets"]

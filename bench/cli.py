@@ -1,0 +1,207 @@
+"""`python -m bench`: flaxenc against PyTorch sentence-transformers, in one process, on the same device.
+
+    python -m bench [--quick | --full] [--only encode|train] [--json PATH] [overrides ...]
+
+Prints the report and writes every figure to JSON (default bench/results/<host>-<date>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import flaxenc  # noqa: E402
+from bench import environment, settings as presets  # noqa: E402
+from bench.data import stsb_sentences, stsb_train_pairs  # noqa: E402
+from bench.encoding import measure_encode  # noqa: E402
+from bench.models import MODEL_NAMES, RECIPE2_SIZES, ModelFolders  # noqa: E402
+from bench.report import report  # noqa: E402
+from bench.settings import Settings  # noqa: E402
+from bench.training import CONTRASTIVE, COSINE, measure_train, random_batches, stsb_batches  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MFU_LENGTH = 128
+
+
+def _guarded(label: str, measure, *args, **kwargs) -> dict:
+    """The measurement's figures, or its error: one failing setting (out of memory, say) does not end the run."""
+    print(f"{label} ...", end=" ", flush=True)
+    start = environment.cpu_snapshot()
+    try:
+        figures = measure(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001
+        traceback.print_exc()
+        print(f"{label}: failed", flush=True)
+        return {"label": label, "error": f"{type(error).__name__}: {error}"}
+    figures["others_cpu_share"] = environment.others_cpu_share(start, environment.cpu_snapshot())
+    print(f"flaxenc {figures['flaxenc']['per_s']:,.1f}/s, ST {figures['st']['per_s']:,.1f}/s, "
+          f"ratio {figures['ratio']:.2f}", flush=True)
+    return {"label": label, **figures}
+
+
+def run_encode(settings: Settings, folders: ModelFolders) -> list[dict]:
+    cells = []
+    for model in settings.models:
+        sentences = stsb_sentences(settings.sentences_for(model))
+        for dtype in settings.encode_dtypes:
+            for batch_size in settings.encode_batch_sizes:
+                label = f"encode {model} {dtype} batch {batch_size}"
+                figures = _guarded(label, measure_encode, folders.get(model), sentences, dtype, batch_size, settings.repeats)
+                cells.append({"model": model, "dtype": dtype, "batch_size": batch_size, **figures})
+    return cells
+
+
+def run_train(settings: Settings, folders: ModelFolders) -> list[dict]:
+    cells = []
+    pairs = stsb_train_pairs()
+    for model in settings.models:
+        folder = folders.get(model)
+        tokenize = flaxenc.SentenceEncoder.from_pretrained(folder).tokenize
+        for batch_size in settings.train_batch_sizes_for(model):
+            batches = stsb_batches(tokenize, pairs, batch_size, settings.train_steps)
+            for dtype in settings.train_dtypes:
+                label = f"train {model} {COSINE.name} {dtype} batch {batch_size}"
+                figures = _guarded(label, measure_train, folder, COSINE, dtype, batches, settings.repeats)
+                cells.append({"model": model, "objective": COSINE.name, "tokens": "STS-B", "dtype": dtype, **figures})
+
+    if settings.recipe2_size:
+        model = f"recipe2-roberta-{settings.recipe2_size}"
+        folder = folders.get(model, RECIPE2_SIZES[settings.recipe2_size])
+        for length in settings.recipe2_lengths:
+            batches = random_batches(length, settings.recipe2_batch_size, settings.train_steps)
+            for dtype in settings.train_dtypes:
+                label = f"train {model} {CONTRASTIVE.name} {dtype} {length} tokens batch {settings.recipe2_batch_size}"
+                figures = _guarded(label, measure_train, folder, CONTRASTIVE, dtype, batches, settings.repeats,
+                                   fixed_length=length, peak_flops=environment.peak_bf16_flops())
+                cells.append({"model": model, "objective": CONTRASTIVE.name, "tokens": f"{length} fixed", "dtype": dtype,
+                              **figures})
+    return cells
+
+
+def run_mfu(settings: Settings, folders: ModelFolders) -> dict:
+    """bf16 training at 128 tokens a row; MFU where the device's peak is known."""
+    peak = environment.peak_bf16_flops()
+    model = settings.mfu_model or ("bert-base" if environment.on_gpu() else None)
+    if model is None:
+        return {"status": "n/a (no GPU)"}
+    batches = random_batches(MFU_LENGTH, settings.mfu_batch_size, settings.train_steps)
+    label = f"MFU {model} {COSINE.name} bfloat16 {MFU_LENGTH} tokens batch {settings.mfu_batch_size}"
+    figures = _guarded(label, measure_train, folders.get(model), COSINE, "bfloat16", batches, settings.repeats,
+                       fixed_length=MFU_LENGTH, xla_flops=True, peak_flops=peak)
+    return {"model": model, "peak_flops": peak, **figures}
+
+
+def run(settings: Settings) -> dict:
+    now = datetime.datetime.now()
+    results = {
+        "host": platform.node(),
+        "date": now.isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "settings": settings.__dict__,
+        "hardware": environment.hardware(),
+        "versions": environment.versions(),
+        "precision": environment.precision_notes(),
+    }
+    start = environment.cpu_snapshot()
+    with tempfile.TemporaryDirectory(prefix="flaxenc-bench-") as root:
+        folders = ModelFolders(Path(root))
+        if "encode" in settings.sections:
+            results["encode"] = run_encode(settings, folders)
+        if "train" in settings.sections:
+            results["train"] = run_train(settings, folders)
+            results["mfu"] = run_mfu(settings, folders)
+    results["others_cpu_share"] = environment.others_cpu_share(start, environment.cpu_snapshot())
+    return results
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(value) for value in text.split(","))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
+
+
+def _per_model(values: list[str], parse, current: dict) -> dict:
+    """`VALUE` sets every model, `MODEL=VALUE` one model; later ones win."""
+    merged = dict(current)
+    for value in values:
+        model, _, text = value.rpartition("=")
+        for name in [model] if model else [*MODEL_NAMES, *merged]:
+            merged[name] = parse(text)
+    return merged
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="a minute or two: MiniLM, a few hundred sentences")
+    preset.add_argument("--full", action="store_true", help="the whole matrix (for a GPU)")
+    parser.add_argument("--only", choices=("encode", "train"), help="run one section")
+    parser.add_argument("--json", type=Path, help="where to write the figures (default bench/results/<host>-<date>.json)")
+    parser.add_argument("--models", type=_names, help=f"comma-separated, of {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--sentences", action="append", default=[], metavar="[MODEL=]N",
+                        help="STS-B sentences to encode (0: all), for every model or one; repeatable")
+    parser.add_argument("--dtypes", type=_names, help="encode dtypes: float32,bfloat16")
+    parser.add_argument("--batch-sizes", type=_ints, help="encode batch sizes, e.g. 32,128,512")
+    parser.add_argument("--train-dtypes", type=_names, help="training dtypes: float32,bfloat16")
+    parser.add_argument("--train-batch-sizes", action="append", default=[], metavar="[MODEL=]B,B",
+                        help="pairs per training step, for every model or one; repeatable")
+    parser.add_argument("--steps", type=int, help="timed training steps per pass")
+    parser.add_argument("--repeats", type=int, help="timed passes per setting (the fastest counts)")
+    parser.add_argument("--recipe2-size", choices=(*RECIPE2_SIZES, "none"), help="recipe 2's RoBERTa size, or none")
+    parser.add_argument("--recipe2-lengths", type=_ints, help="recipe 2's sequence lengths, e.g. 512,1280")
+    parser.add_argument("--recipe2-batch-size", type=int, help="recipe 2's pairs per step")
+    parser.add_argument("--mfu", metavar="MODEL", help="measure MFU with MODEL even without a GPU (default: bert-base on GPU)")
+    parser.add_argument("--mfu-batch-size", type=int, help="pairs per step of the MFU measurement")
+    args = parser.parse_args(argv)
+
+    settings = presets.quick() if args.quick else presets.full() if args.full else Settings()
+    overrides = {
+        "sections": (args.only,) if args.only else None,
+        "models": args.models,
+        "encode_dtypes": args.dtypes,
+        "encode_batch_sizes": args.batch_sizes,
+        "train_dtypes": args.train_dtypes,
+        "train_steps": args.steps,
+        "repeats": args.repeats,
+        "recipe2_lengths": args.recipe2_lengths,
+        "recipe2_batch_size": args.recipe2_batch_size,
+        "mfu_model": args.mfu,
+        "mfu_batch_size": args.mfu_batch_size,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(settings, name, value)
+    if args.recipe2_size:
+        settings.recipe2_size = None if args.recipe2_size == "none" else args.recipe2_size
+    settings.encode_sentences = _per_model(args.sentences, lambda t: int(t) or None, settings.encode_sentences)
+    settings.train_batch_sizes = _per_model(args.train_batch_sizes, _ints, settings.train_batch_sizes)
+    unknown = set(settings.models) - set(MODEL_NAMES)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; use {', '.join(MODEL_NAMES)}")
+    return settings, args.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, json_path = parse_args(argv)
+    results = run(settings)
+    print()
+    print(report(results))
+    if json_path is None:
+        json_path = RESULTS / f"{results['host']}-{results['date'][:16].replace(':', '')}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    print(f"\nfigures written to {json_path}")
+    failed = [c["label"] for c in results.get("encode", []) + results.get("train", []) if "error" in c]
+    return 1 if failed or "error" in results.get("mfu", {}) else 0

@@ -1,0 +1,63 @@
+"""The speed benchmark (`python -m bench`) runs end to end on a tiny setting and writes its figures.
+
+Figures are checked for presence and sanity only: timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from conftest import REPO, read_stsb
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # bench/ is not an installed package
+
+TINY_RUN = [
+    "--models", "tiny", "--sentences", "24", "--dtypes", "float32", "--batch-sizes", "8",
+    "--train-batch-sizes", "4", "--steps", "2", "--repeats", "1",
+    "--recipe2-size", "tiny", "--recipe2-lengths", "32", "--recipe2-batch-size", "2",
+    "--mfu", "tiny", "--mfu-batch-size", "2",
+]  # fmt: skip
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_bench_writes_every_figure(tmp_path, capsys):
+    from bench.cli import main
+
+    read_stsb("train")  # skips the test where STS-B is missing
+    path = tmp_path / "bench.json"
+    assert main([*TINY_RUN, "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+
+    assert {"hardware", "versions", "precision", "settings", "encode", "train", "mfu"} <= results.keys()
+    assert results["hardware"]["cpu_cores"] >= 1 and results["hardware"]["jax_devices"]
+    assert {"jax", "flax", "torch", "sentence-transformers", "transformers"} <= results["versions"].keys()
+
+    (encode,) = results["encode"]
+    assert (encode["model"], encode["dtype"], encode["batch_size"], encode["sentences"]) == ("tiny", "float32", 8, 24)
+    for side in ("flaxenc", "st"):
+        assert all(positive(encode[side][key]) for key in ("per_s", "steady_s", "first_call_s")), encode[side]
+    assert positive(encode["ratio"]) and encode["flaxenc"]["compiles"] >= 1
+    assert encode["max_abs_diff"] < 1e-4  # same weights, same sentences, fp32
+
+    stsb, recipe2 = results["train"]
+    assert (stsb["objective"], stsb["tokens"]) == ("CosineSimilarityLoss", "STS-B")
+    assert recipe2["model"] == "recipe2-roberta-tiny" and recipe2["tokens"] == "32 fixed"
+    for cell in (stsb, recipe2, results["mfu"]):
+        assert "error" not in cell, cell["error"]
+        assert positive(cell["ratio"])
+        for side in ("flaxenc", "st"):
+            assert all(positive(cell[side][key]) for key in ("per_s", "step_s", "first_step_s")), cell[side]
+    assert positive(recipe2["flops_per_step"]) and positive(recipe2["flaxenc"]["tflops_per_s"])
+
+    mfu = results["mfu"]
+    assert positive(mfu["flops_per_step"]) and positive(mfu["xla_flops_per_step"])
+    assert mfu["flaxenc"]["mfu"] is None or positive(mfu["flaxenc"]["mfu"])  # None off the GPUs in the table
+
+    printed = capsys.readouterr().out
+    assert "flaxenc/ST" in printed and "MFU" in printed
