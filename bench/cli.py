@@ -8,6 +8,7 @@ Prints the report and writes every figure to JSON (default bench/results/<host>-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# JAX would take 75% of a GPU's memory up front; torch shares the device here.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import flaxenc  # noqa: E402
 from bench import environment, settings as presets  # noqa: E402
@@ -43,6 +46,8 @@ def _guarded(label: str, measure, *args, **kwargs) -> dict:
         traceback.print_exc()
         print(f"{label}: failed", flush=True)
         return {"label": label, "error": f"{type(error).__name__}: {error}"}
+    finally:
+        environment.release_device_memory()
     figures["others_cpu_share"] = environment.others_cpu_share(start, environment.cpu_snapshot())
     print(f"flaxenc {figures['flaxenc']['per_s']:,.1f}/s, ST {figures['st']['per_s']:,.1f}/s, "
           f"ratio {figures['ratio']:.2f}", flush=True)
@@ -53,7 +58,7 @@ def run_encode(settings: Settings, folders: ModelFolders) -> list[dict]:
     cells = []
     for model in settings.models:
         sentences = stsb_sentences(settings.sentences_for(model))
-        for dtype in settings.encode_dtypes:
+        for dtype in settings.encode_dtypes_for(model):
             for batch_size in settings.encode_batch_sizes:
                 label = f"encode {model} {dtype} batch {batch_size}"
                 figures = _guarded(label, measure_encode, folders.get(model), sentences, dtype, batch_size, settings.repeats)
@@ -101,13 +106,13 @@ def run_mfu(settings: Settings, folders: ModelFolders) -> dict:
     return {"model": model, "peak_flops": peak, **figures}
 
 
-def run(settings: Settings) -> dict:
+def run(settings: Settings, command: list[str]) -> dict:
     now = datetime.datetime.now()
     results = {
         "host": platform.node(),
         "date": now.isoformat(timespec="seconds"),
-        "command": sys.argv,
-        "settings": settings.__dict__,
+        "command": " ".join(["python -m bench", *command]),
+        "settings": dataclasses.asdict(settings),
         "hardware": environment.hardware(),
         "versions": environment.versions(),
         "precision": environment.precision_notes(),
@@ -152,7 +157,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser.add_argument("--models", type=_names, help=f"comma-separated, of {', '.join(MODEL_NAMES)}")
     parser.add_argument("--sentences", action="append", default=[], metavar="[MODEL=]N",
                         help="STS-B sentences to encode (0: all), for every model or one; repeatable")
-    parser.add_argument("--dtypes", type=_names, help="encode dtypes: float32,bfloat16")
+    parser.add_argument("--dtypes", action="append", default=[], metavar="[MODEL=]D,D",
+                        help="encode dtypes (float32,bfloat16), for every model or one; repeatable")
     parser.add_argument("--batch-sizes", type=_ints, help="encode batch sizes, e.g. 32,128,512")
     parser.add_argument("--train-dtypes", type=_names, help="training dtypes: float32,bfloat16")
     parser.add_argument("--train-batch-sizes", action="append", default=[], metavar="[MODEL=]B,B",
@@ -170,7 +176,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     overrides = {
         "sections": (args.only,) if args.only else None,
         "models": args.models,
-        "encode_dtypes": args.dtypes,
         "encode_batch_sizes": args.batch_sizes,
         "train_dtypes": args.train_dtypes,
         "train_steps": args.steps,
@@ -186,6 +191,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     if args.recipe2_size:
         settings.recipe2_size = None if args.recipe2_size == "none" else args.recipe2_size
     settings.encode_sentences = _per_model(args.sentences, lambda t: int(t) or None, settings.encode_sentences)
+    settings.encode_dtypes = _per_model(args.dtypes, _names, settings.encode_dtypes)
     settings.train_batch_sizes = _per_model(args.train_batch_sizes, _ints, settings.train_batch_sizes)
     unknown = set(settings.models) - set(MODEL_NAMES)
     if unknown:
@@ -194,8 +200,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     settings, json_path = parse_args(argv)
-    results = run(settings)
+    results = run(settings, argv)
     print()
     print(report(results))
     if json_path is None:

@@ -60,24 +60,28 @@ def mfu_lines(mfu: dict) -> str:
     if "error" in mfu:
         return f"MFU: {mfu['label']}: {mfu['error']}"
 
-    def percent(side):
-        return "n/a" if mfu[side]["mfu"] is None else f"{100 * mfu[side]['mfu']:.1f}%"
+    def side(name: str, title: str) -> str:
+        share = "n/a" if mfu[name]["mfu"] is None else f"{100 * mfu[name]['mfu']:.1f}%"
+        return f"{title} {mfu[name]['tflops_per_s']:.3g} TFLOP/s, MFU {share}"
 
-    flops = f"{mfu['flops_per_step'] / 1e12:.3g} TFLOP/step ({mfu['flops_method']}; XLA cost analysis counts "
-    flops += f"{mfu['xla_flops_per_step'] / 1e12:.3g})"
+    peak = f"{mfu['peak_flops'] / 1e12:.0f} TFLOP/s" if mfu["peak_flops"] else "n/a"
     return "\n".join([
-        f"MFU, {mfu['label']}: {flops}; peak {mfu['peak_flops'] / 1e12 if mfu['peak_flops'] else 'n/a'} TFLOP/s",
-        f"  flaxenc {mfu['flaxenc']['tflops_per_s']:.3g} TFLOP/s = {percent('flaxenc')} MFU; "
-        f"ST {mfu['st']['tflops_per_s']:.3g} TFLOP/s = {percent('st')} MFU",
+        f"{mfu['label']}: {mfu['flops_per_step'] / 1e12:.3g} TFLOP a step by {mfu['flops_method']} "
+        f"(XLA's cost analysis of the compiled step: {mfu['xla_flops_per_step'] / 1e12:.3g}); bf16 peak {peak}",
+        f"  {side('flaxenc', 'flaxenc')}; {side('st', 'ST')}",
     ])
 
 
-def _load_line(results: dict) -> str:
-    share = results["others_cpu_share"]
-    if share is None:
-        return "other processes' CPU use: unknown"
-    line = f"other processes kept {100 * share:.0f}% of the CPU cores busy during the run"
-    return line + ("; WARNING: the figures are unreliable (torch suffers most)" if share > 0.05 else "")
+def _warnings(results: dict) -> list[str]:
+    hw, share = results["hardware"], results["others_cpu_share"]
+    lines = []
+    if share is not None:
+        lines.append(f"other processes kept {100 * share:.0f}% of the CPU cores busy during the run")
+        if share > 0.05:
+            lines.append("WARNING: the machine was not idle, the figures are unreliable (torch's suffer most)")
+    if (hw["jax_backend"] == "cpu") != (hw["torch_device"] == "cpu"):
+        lines.append(f"WARNING: flaxenc runs on {hw['jax_backend']}, ST on {hw['torch_device']}")
+    return lines
 
 
 def report(results: dict) -> str:
@@ -88,12 +92,13 @@ def report(results: dict) -> str:
         f"jax devices {', '.join(hw['jax_devices'])}; torch on {hw['torch_device']}, {hw['torch_threads']} threads",
         "versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()),
         *(f"{dtype}: {note}" for dtype, note in results["precision"].items()),
-        _load_line(results),
+        *_warnings(results),
         "Ratios are flaxenc / ST (above 1: flaxenc is faster). Steady state: the fastest timed pass. "
         "1st call / 1st step: the warm-up, where flaxenc compiles (XLA, once per shape).",
     ]
     if "encode" in results:
-        lines += ["", "Encode, sentences/s (STS-B sentences, sorted and batched by each library)", encode_table(results["encode"])]
+        lines += ["", "Encode, sentences/s (STS-B sentences, sorted and batched by each library)",
+                  encode_table(results["encode"])]
     if "train" in results:
         lines += ["", "Training, pairs/s (steady state over the timed steps)", train_table(results["train"]),
                   "", mfu_lines(results["mfu"])]
