@@ -21,6 +21,7 @@ import numpy as np
 import flaxenc
 from flaxenc import losses, optim
 from flaxenc.encoder import sequence_buckets
+from flaxenc.packing import pack_batch
 from flaxenc.sentence_model import flat_params
 from flaxenc.train_step import TrainStep, init_train_state, shard_batch
 from bench.environment import torch_device
@@ -105,15 +106,17 @@ def _pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, n
     return ids, mask
 
 
-def flaxenc_batch(batch: PairBatch, buckets: tuple[int, ...], pad_id: int) -> dict:
-    """Both columns padded to the sequence bucket of the longest row, as flaxenc-train batches."""
+def flaxenc_batch(batch: PairBatch, buckets: tuple[int, ...], pad_id: int, packing: bool = True) -> dict:
+    """Both columns padded to the sequence bucket of the longest row and, as flaxenc-train does by
+    default, packed into shared rows."""
     longest = max(len(tokens) for column in batch.columns for tokens in column)
     length = next(b for b in buckets if b >= longest)
     columns = []
     for rows in batch.columns:
         ids, mask = _pad(rows, length, pad_id)
         columns.append({"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)})
-    return {"columns": columns, "labels": batch.labels}
+    padded = {"columns": columns, "labels": batch.labels}
+    return pack_batch(padded, buckets, pad_id=pad_id) if packing else padded
 
 
 def st_batch(batch: PairBatch, pad_id: int) -> dict:
@@ -129,6 +132,8 @@ def st_batch(batch: PairBatch, pad_id: int) -> dict:
 
 def padded_tokens(batch: dict) -> int:
     """Token positions the model computes on in one step, padding included."""
+    if "packed" in batch:
+        return int(np.prod(batch["packed"]["input_ids"].shape))
     return sum(int(np.prod(column["input_ids"].shape)) for column in batch["columns"])
 
 
@@ -236,7 +241,7 @@ def _warmup_batches(trainer_batches: list[dict]) -> list[dict]:
     """The first batch of each distinct shape: warm-up compiles every program the timed steps use."""
     seen, warmup = set(), []
     for batch in trainer_batches:
-        shape = tuple(column["input_ids"].shape for column in batch["columns"])
+        shape = tuple(np.shape(leaf) for leaf in jax.tree.leaves(batch))
         if shape not in seen:
             seen.add(shape)
             warmup.append(batch)

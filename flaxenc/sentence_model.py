@@ -27,10 +27,34 @@ class SentenceModel(nnx.Module):
         prompt_length: jax.Array | int | None = None,
         dropout_key: jax.Array | None = None,
     ) -> jax.Array:
-        keys = [None] * (1 + len(self.heads)) if dropout_key is None else jax.random.split(dropout_key, 1 + len(self.heads))
-        tokens = self.transformer(input_ids, attention_mask, token_type_ids, keys[0])  # [B, T, H]
+        transformer_key, head_keys = self._keys(dropout_key)
+        tokens = self.transformer(input_ids, attention_mask, token_type_ids, transformer_key)  # [B, T, H]
+        return self._pool_and_heads(tokens, attention_mask, prompt_length, head_keys)
+
+    def embed_packed(
+        self, packed: dict, token_index: jax.Array, attention_mask: jax.Array, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        """Sentence embeddings [B, D] of sentences packed into rows (flaxenc.packing.pack).
+
+        The encoder runs on the packed rows; token_index [B, T] gathers each sentence's token
+        embeddings back into the padded layout of attention_mask [B, T] for pooling.
+        """
+        transformer_key, head_keys = self._keys(dropout_key)
+        rows = self.transformer(
+            packed["input_ids"], None, None, transformer_key, segment_ids=packed["segment_ids"], positions=packed["positions"]
+        )  # [R, L, H]
+        tokens = rows.reshape(-1, rows.shape[-1])[token_index]  # [B, T, H]
+        return self._pool_and_heads(tokens, attention_mask, None, head_keys)
+
+    def _keys(self, dropout_key):
+        if dropout_key is None:
+            return None, [None] * len(self.heads)
+        keys = jax.random.split(dropout_key, 1 + len(self.heads))
+        return keys[0], list(keys[1:])
+
+    def _pool_and_heads(self, tokens, attention_mask, prompt_length, head_keys) -> jax.Array:
         x = self.pooling(tokens, attention_mask, prompt_length)
-        for head, key in zip(self.heads, keys[1:]):
+        for head, key in zip(self.heads, head_keys):
             x = head(x, key)
         return x.astype(jnp.float32)
 

@@ -23,7 +23,8 @@ from flaxenc import sharding
 from flaxenc.sentence_model import SentenceModel
 
 # A batch: one {"input_ids", "attention_mask"} dict of [B, T] int arrays per text column, and
-# "labels" ([B] float scores or binary labels; absent for losses without labels).
+# "labels" ([B] float scores or binary labels; absent for losses without labels); with packed
+# sentences (flaxenc.packing.pack_batch) also "packed" rows and a "token_index" per column.
 Batch = dict[str, Any]
 Loss = Callable[[Sequence[jax.Array], jax.Array | None], jax.Array]
 
@@ -35,16 +36,23 @@ class TrainState(NamedTuple):
     rng: jax.Array  # base key; step k drops out with fold_in(rng, k)
 
 
-def embed_columns(model: SentenceModel, columns: Sequence[dict], dropout_key: jax.Array | None = None) -> list[jax.Array]:
-    """Embeds each text column; columns share one forward pass of [columns x B] rows, as ST 6 merges them."""
-    length = max(column["input_ids"].shape[1] for column in columns)
+def embed_columns(
+    model: SentenceModel, columns: Sequence[dict], dropout_key: jax.Array | None = None, packed: dict | None = None
+) -> list[jax.Array]:
+    """Embeds each text column; columns share one forward pass of [columns x B] rows, as ST 6 merges them.
 
-    def padded(array):
-        return jnp.pad(array, ((0, 0), (0, length - array.shape[1])))
+    packed: the batch's sentences packed into rows (flaxenc.packing.pack_batch), each column then
+    carrying a "token_index"; the forward pass runs on the packed rows.
+    """
+    length = max(column["attention_mask"].shape[1] for column in columns)
 
-    input_ids = jnp.concatenate([padded(column["input_ids"]) for column in columns])
-    attention_mask = jnp.concatenate([padded(column["attention_mask"]) for column in columns])
-    embeddings = model(input_ids, attention_mask, dropout_key=dropout_key)
+    def merged(key):
+        return jnp.concatenate([jnp.pad(c[key], ((0, 0), (0, length - c[key].shape[1]))) for c in columns])
+
+    if packed is None:
+        embeddings = model(merged("input_ids"), merged("attention_mask"), dropout_key=dropout_key)
+    else:
+        embeddings = model.embed_packed(packed, merged("token_index"), merged("attention_mask"), dropout_key)
     return jnp.split(embeddings, len(columns))
 
 
@@ -91,7 +99,8 @@ def _train_step(graphdef, loss: Loss, tx, learning_rate_fn, accumulation_steps, 
 
     def loss_of(params):
         model = nnx.merge(graphdef, params)
-        return loss(embed_columns(model, batch["columns"], step_key), batch.get("labels"))
+        embeddings = embed_columns(model, batch["columns"], step_key, batch.get("packed"))
+        return loss(embeddings, batch.get("labels"))
 
     loss_value, grads = jax.value_and_grad(loss_of)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -11,6 +11,7 @@ from flax import nnx
 
 from flaxenc.io.key_tables import BERT_RULES, torch_to_flax
 from flaxenc.models import BertModel, EncoderConfig
+from flaxenc.models.bert import attention_mask_4d
 from flaxenc.models.roberta import roberta_position_ids
 from flaxenc.modules import POOLING_MODES, pool
 from flaxenc.sentence_model import abstract_params, merge_params
@@ -71,6 +72,6 @@ def test_first_layer_and_embeddings_match_transformers():
         hf_out = hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
     embedded = ours.embeddings(ids, np.broadcast_to(np.arange(6), ids.shape), np.zeros_like(ids))
     assert np.abs(np.asarray(embedded) - hf_embedded.numpy()).max() <= 1e-6
-    layer_out = ours.layers[0](embedded, mask)
+    layer_out = ours.layers[0](embedded, attention_mask_4d(mask, None))
     real = mask.astype(bool)  # transformers' pad rows differ only in what nobody reads
     assert np.abs(np.asarray(layer_out)[real] - hf_out.numpy()[real]).max() <= 1e-5

@@ -17,6 +17,7 @@ from conftest import build_st_model, data_folder, read_stsb
 import flaxenc
 from flaxenc import losses, optim
 from flaxenc.encoder import sequence_buckets
+from flaxenc.packing import pack_batch
 from flaxenc.sentence_model import flat_params
 from flaxenc.train_step import TrainStep, init_train_state, params_to_model
 
@@ -76,8 +77,8 @@ def st_fit(st_model, st_loss, rows, tmp_path, monkeypatch, lr, warmup_steps, wei
     return recording.steps, trained
 
 
-def to_batch(step, max_seq_length):
-    """A recorded ST batch as a flaxenc batch, padded to flaxenc's sequence bucket."""
+def to_batch(step, max_seq_length, packing=False):
+    """A recorded ST batch as a flaxenc batch, padded to flaxenc's sequence bucket (and packed)."""
     columns, labels, _ = step
     length = max(c["input_ids"].shape[1] for c in columns)
     bucket = next(b for b in sequence_buckets(max_seq_length) if b >= length)
@@ -85,13 +86,14 @@ def to_batch(step, max_seq_length):
     def pad(x):
         return np.pad(x, ((0, 0), (0, bucket - x.shape[1]))).astype(np.int32)
 
-    return {
+    batch = {
         "columns": [{"input_ids": pad(c["input_ids"]), "attention_mask": pad(c["attention_mask"])} for c in columns],
         "labels": labels,
     }
+    return pack_batch(batch, sequence_buckets(max_seq_length)) if packing else batch
 
 
-def flaxenc_fit(folder, loss, steps, max_seq_length, lr, warmup_steps, weight_decay):
+def flaxenc_fit(folder, loss, steps, max_seq_length, lr, warmup_steps, weight_decay, packing=False):
     encoder = flaxenc.SentenceEncoder.from_pretrained(folder)
     schedule = optim.learning_rate_schedule("warmuplinear", lr, warmup_steps, len(steps))
     tx = optim.adamw(schedule, weight_decay=weight_decay, max_grad_norm=1.0)
@@ -100,7 +102,7 @@ def flaxenc_fit(folder, loss, steps, max_seq_length, lr, warmup_steps, weight_de
     state = train_step.place_state(state)
     history = []
     for step in steps:
-        state, metrics = train_step(state, to_batch(step, max_seq_length))
+        state, metrics = train_step(state, to_batch(step, max_seq_length, packing))
         history.append(float(metrics["loss"]))
     return np.array(history), params_to_model(graphdef, state), train_step
 
@@ -126,7 +128,8 @@ def compare(tmp_path, steps, st_trained, flax_losses, flax_model, initial_folder
     assert moved > 10 * param_diff
 
 
-def test_cosine_similarity_recipe_matches_st_fit(tmp_path, bert_tokenizer_path, monkeypatch):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_cosine_similarity_recipe_matches_st_fit(tmp_path, bert_tokenizer_path, monkeypatch, packing):
     """Recipe 1's shape in small: BERT, mean pooling, Dense Tanh, 16 tokens, CosineSimilarityLoss."""
     from sentence_transformers import losses as st_losses
 
@@ -143,13 +146,16 @@ def test_cosine_similarity_recipe_matches_st_fit(tmp_path, bert_tokenizer_path, 
     lr, warmup, decay = 2e-5, 5, 0.01  # recipe 1: lr 2e-5, weight decay 0.01
     steps, trained = st_fit(st_model, st_losses.CosineSimilarityLoss(st_model), rows, tmp_path, monkeypatch, lr, warmup, decay)
     assert len(steps) == STEPS
-    flax_losses, flax_model, train_step = flaxenc_fit(folder, losses.CosineSimilarityLoss(), steps, 16, lr, warmup, decay)
+    loss = losses.CosineSimilarityLoss()
+    flax_losses, flax_model, train_step = flaxenc_fit(folder, loss, steps, 16, lr, warmup, decay, packing)
     compare(tmp_path, steps, trained, flax_losses, flax_model, folder)
-    assert train_step.num_compiles == 1  # one bucket (16 tokens), one program
+    if not packing:
+        assert train_step.num_compiles == 1  # one bucket (16 tokens), one program
 
 
 def test_contrastive_recipe_matches_st_fit(tmp_path, roberta_tokenizer_path, monkeypatch):
-    """Recipe 2's shape in small: RoBERTa, max pooling, Dense ReLU, Dropout, ContrastiveLoss on MRPC."""
+    """Recipe 2's shape in small: RoBERTa, max pooling, Dense ReLU, Dropout, ContrastiveLoss on MRPC,
+    with the sentences packed as flaxenc-train does (RoBERTa's positions restart in each)."""
     from sentence_transformers import losses as st_losses
 
     folder, st_model = build_st_model(
@@ -170,7 +176,7 @@ def test_contrastive_recipe_matches_st_fit(tmp_path, roberta_tokenizer_path, mon
     st_loss = st_losses.ContrastiveLoss(st_model, distance_metric=euclidean, margin=0.2, size_average=True)
     steps, trained = st_fit(st_model, st_loss, rows, tmp_path, monkeypatch, lr, warmup, decay)
     loss = losses.ContrastiveLoss(distance_metric="euclidean", margin=0.2, size_average=True)
-    flax_losses, flax_model, _ = flaxenc_fit(folder, loss, steps, 64, lr, warmup, decay)
+    flax_losses, flax_model, _ = flaxenc_fit(folder, loss, steps, 64, lr, warmup, decay, packing=True)
     compare(tmp_path, steps, trained, flax_losses, flax_model, folder)
 
 

@@ -84,6 +84,9 @@ class DataConfig:
     # Drop a last incomplete batch. ST's fit() sizes its schedule as if it did (rows // batch)
     # but still trains that last batch.
     drop_last: bool = False
+    # Pack each batch's sentences into shared rows (flaxenc.packing): the same embeddings and
+    # gradients as padding each one, on a fraction of the tokens. Single-process runs only.
+    packing: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from flaxenc.packing import pack_batch
 from train.config import DatasetConfig
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -213,6 +214,8 @@ class BatchIterator:
     Without drop_last the epoch's last batch keeps its real size (rows copied to fill it would
     change the loss), which costs one more compiled program, and with several processes or
     devices its size must still split evenly over them: set drop_last when it does not.
+    packing: each batch's sentences also packed into shared rows (flaxenc.packing.pack_batch),
+    a multiple of row_multiple (the device count) of them.
     """
 
     def __init__(
@@ -227,6 +230,8 @@ class BatchIterator:
         process_index: int = 0,
         process_count: int = 1,
         prefetch: int = 2,
+        packing: bool = False,
+        row_multiple: int = 1,
     ):
         if batch_size < 1 or batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
@@ -235,6 +240,10 @@ class BatchIterator:
         self.data, self.batch_size, self.buckets = data, batch_size, tuple(sorted(buckets))
         self.pad_id, self.seed, self.shuffle, self.drop_last = pad_id, seed, shuffle, drop_last
         self.process_index, self.process_count, self.prefetch = process_index, process_count, prefetch
+        if packing and process_count > 1:
+            # Each process would pack its rows into a different number of packed rows.
+            raise ValueError("packing needs a single process; set data.packing to false for multi-process runs")
+        self.packing, self.row_multiple = packing, row_multiple
         n = len(data)
         self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
         if self.steps_per_epoch == 0:
@@ -267,6 +276,8 @@ class BatchIterator:
         batch = {"columns": columns}
         if self.data.labels is not None:
             batch["labels"] = self.data.labels[local]
+        if self.packing:
+            batch = pack_batch(batch, self.buckets, self.row_multiple, self.pad_id)
         return batch
 
     def _generate(self, start_epoch: int, start_step: int) -> Iterator[tuple[int, int, dict]]:

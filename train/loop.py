@@ -171,6 +171,8 @@ class Run:
             drop_last=drop_last,
             process_index=jax.process_index(),
             process_count=processes,
+            packing=config.data.packing and processes == 1,  # packed row counts would differ per process
+            row_multiple=devices,
         )
 
     def _prepare_optimizer(self) -> None:

@@ -10,9 +10,16 @@ from flaxenc.models.config import EncoderConfig
 from flaxenc.modules.dropout import dropout
 from flaxenc.modules.layer_norm import LayerNorm
 
+
+
+def _gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU in torch's form, x/2 (1 + erf(x/sqrt 2)); XLA's erf is cheaper than jax.nn.gelu's erfc."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 # config.json `hidden_act` -> function, as transformers' ACT2FN.
 _ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": _gelu_erf,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
@@ -30,6 +37,15 @@ def bert_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
     """0, 1, 2, ... on every row, pads included."""
     del pad_token_id
     return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+
+def attention_mask_4d(attention_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array:
+    """Which keys each query sees, [B, 1, 1 or T, S]: the real tokens of its row, or (packed rows)
+    the tokens of its own sentence."""
+    if segment_ids is None:
+        return attention_mask.astype(bool)[:, None, None, :]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & (segment_ids[:, None, :] > 0))[:, None]
 
 
 class Embeddings(nnx.Module):
@@ -66,9 +82,9 @@ class Attention(nnx.Module):
     def _heads(self, x: jax.Array) -> jax.Array:
         return x.reshape(*x.shape[:2], self.num_heads, self.head_dim)  # [B, T, N, D]
 
-    def __call__(self, x, attention_mask, dropout_key=None) -> jax.Array:
+    def __call__(self, x, mask, dropout_key=None) -> jax.Array:
+        """x [B, T, H]; mask [B, 1, 1 or T, S], True where a query may attend to a key."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]: keys that are real tokens
         attention_key, output_key = _split_key(dropout_key, 2)
         if attention_key is None or self.attention_dropout_rate == 0.0:
             # Fused kernel (cuDNN flash attention on GPU where it applies).
@@ -96,9 +112,9 @@ class Layer(nnx.Module):
         self.output = nnx.Linear(config.intermediate_size, config.hidden_size, dtype=dtype, rngs=rngs)
         self.layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
-    def __call__(self, x, attention_mask, dropout_key=None) -> jax.Array:
+    def __call__(self, x, mask, dropout_key=None) -> jax.Array:
         attention_key, ffn_key = _split_key(dropout_key, 2)
-        x = self.attention(x, attention_mask, attention_key)
+        x = self.attention(x, mask, attention_key)
         h = _ACTIVATIONS[self.hidden_act](self.intermediate(x))  # [B, T, I]
         h = dropout(self.output(h), self.dropout_rate, ffn_key)
         return self.layer_norm(h + x)
@@ -115,9 +131,13 @@ class Pooler(nnx.Module):
 
 
 class BertModel(nnx.Module):
-    """input ids [B, T] and mask [B, T] -> token embeddings [B, T, H]."""
+    """input ids [B, T] and mask [B, T] -> token embeddings [B, T, H].
+
+    Packed rows (flaxenc.packing) pass segment_ids and positions [B, T] instead of a mask.
+    """
 
     position_ids = staticmethod(bert_position_ids)
+    position_offset = staticmethod(lambda pad_token_id: 0)  # position id of a sentence's first token
 
     def __init__(
         self,
@@ -136,15 +156,21 @@ class BertModel(nnx.Module):
     def __call__(
         self,
         input_ids: jax.Array,
-        attention_mask: jax.Array,
+        attention_mask: jax.Array | None,
         token_type_ids: jax.Array | None = None,
         dropout_key: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
     ) -> jax.Array:
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        position_ids = self.position_ids(input_ids, self.config.pad_token_id)
+        if positions is None:
+            position_ids = self.position_ids(input_ids, self.config.pad_token_id)
+        else:
+            position_ids = positions + self.position_offset(self.config.pad_token_id)
+        mask = attention_mask_4d(attention_mask, segment_ids)
         keys = _split_key(dropout_key, len(self.layers) + 1)
         x = self.embeddings(input_ids, position_ids, token_type_ids, keys[0])
         for layer, key in zip(self.layers, keys[1:]):
-            x = layer(x, attention_mask, key)
+            x = layer(x, mask, key)
         return x

@@ -16,3 +16,4 @@ def roberta_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
 
 class RobertaModel(BertModel):
     position_ids = staticmethod(roberta_position_ids)
+    position_offset = staticmethod(lambda pad_token_id: pad_token_id + 1)

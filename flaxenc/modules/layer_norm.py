@@ -13,7 +13,7 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
     mean = x32.mean(axis=-1, keepdims=True)
     centered = x32 - mean
     variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
-    y = centered / jnp.sqrt(variance + eps) * scale + bias
+    y = centered * jax.lax.rsqrt(variance + eps) * scale + bias  # torch multiplies by rstd too
     return y.astype(x.dtype)
 
 
