@@ -3,6 +3,8 @@ transformers' BertLayer, and the position ids of RoBERTa."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,25 @@ def test_first_layer_and_embeddings_match_transformers():
     layer_out = ours.layers[0](embedded, attention_mask_4d(mask, None))
     real = mask.astype(bool)  # transformers' pad rows differ only in what nobody reads
     assert np.abs(np.asarray(layer_out)[real] - hf_out.numpy()[real]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_keeps_one_minus_rate_and_scales(rate):
+    """Dropout as torch's: each element kept with probability 1 - rate, kept ones scaled by 1/(1 - rate).
+
+    3M elements draw their bits in two chunks (CHUNK_WORDS); different keys give different masks.
+    """
+    from flaxenc.modules.dropout import CHUNK_WORDS, dropout
+
+    x = jnp.ones((3, 1000, 1000), jnp.float32)
+    assert x.size > 2 * CHUNK_WORDS
+    out = np.asarray(dropout(x, rate, jax.random.key(0)))
+    kept = out != 0
+    assert np.allclose(out[kept], 1 / (1 - rate), rtol=1e-7)
+    # 3M Bernoulli draws: the kept share is within 5 standard deviations of 1 - rate, in each chunk.
+    for part in (kept[0], kept[2], kept):
+        sd = np.sqrt(rate * (1 - rate) / part.size)
+        assert abs(part.mean() - (1 - rate)) < 5 * sd
+    other = np.asarray(dropout(x, rate, jax.random.key(1))) != 0
+    assert (other != kept).mean() > rate * (1 - rate)  # independent masks differ in ~2 rate (1 - rate) of places
+    assert np.array_equal(np.asarray(dropout(x, rate, None)), np.asarray(x))

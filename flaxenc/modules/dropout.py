@@ -9,14 +9,27 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+# Random words drawn per call of threefry. XLA's CPU threefry costs about 3x more per word above
+# ~1M words, so larger draws are made in chunks of this size, one after another (lax.map).
+CHUNK_WORDS = 1 << 20
+
+
+def random_words(key: jax.Array, n: int) -> jax.Array:
+    """n random uint32 words: one draw, or chunks of CHUNK_WORDS from split keys."""
+    if n <= CHUNK_WORDS:
+        return jax.random.bits(key, (n,), jnp.uint32)
+    chunks = jax.random.split(key, -(-n // CHUNK_WORDS))
+    return jax.lax.map(lambda k: jax.random.bits(k, (CHUNK_WORDS,), jnp.uint32), chunks).reshape(-1)[:n]
+
+
 def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """True with probability 1 - rate (to 2**-16), from 16 random bits per element.
 
-    Two elements share one 32-bit draw: threefry's cost is per 32-bit word, and on CPU it was a
-    tenth of a training step when every element drew its own float (jax.random.bernoulli).
+    Two elements share one 32-bit word: threefry's cost is per word, and on CPU it was a tenth of
+    a training step when every element drew its own float (jax.random.bernoulli).
     """
     size = math.prod(shape)
-    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+    words = random_words(key, (size + 1) // 2)
     bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(shape)
     return bits >= jnp.uint16(min(round(rate * 65536), 65535))
 
