@@ -25,7 +25,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import flaxenc  # noqa: E402
 from bench import environment, settings as presets  # noqa: E402
-from bench.data import stsb_sentences, stsb_train_pairs  # noqa: E402
+from bench.data import mrpc_train_pairs, stsb_sentences, stsb_train_pairs  # noqa: E402
 from bench.encoding import measure_encode  # noqa: E402
 from bench.models import MODEL_NAMES, RECIPE2_SIZES, ModelFolders  # noqa: E402
 from bench.report import report  # noqa: E402
@@ -90,6 +90,14 @@ def run_train(settings: Settings, folders: ModelFolders) -> list[dict]:
                                    fixed_length=length, peak_flops=environment.peak_bf16_flops())
                 cells.append({"model": model, "objective": CONTRASTIVE.name, "tokens": f"{length} fixed", "dtype": dtype,
                               **figures})
+        # The recipe on its own data: MRPC pairs (sentences of ~10-60 tokens), max_seq_length 1280.
+        tokenize = flaxenc.SentenceEncoder.from_pretrained(folder).tokenize
+        batch_size = settings.recipe2_mrpc_batch_size
+        batches = stsb_batches(tokenize, mrpc_train_pairs(), batch_size, settings.train_steps)
+        for dtype in settings.train_dtypes:
+            label = f"train {model} {CONTRASTIVE.name} {dtype} MRPC batch {batch_size}"
+            figures = _guarded(label, measure_train, folder, CONTRASTIVE, dtype, batches, settings.repeats)
+            cells.append({"model": model, "objective": CONTRASTIVE.name, "tokens": "MRPC", "dtype": dtype, **figures})
     return cells
 
 
@@ -168,6 +176,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser.add_argument("--recipe2-size", choices=(*RECIPE2_SIZES, "none"), help="recipe 2's RoBERTa size, or none")
     parser.add_argument("--recipe2-lengths", type=_ints, help="recipe 2's sequence lengths, e.g. 512,1280")
     parser.add_argument("--recipe2-batch-size", type=int, help="recipe 2's pairs per step")
+    parser.add_argument("--recipe2-mrpc-batch-size", type=int, help="recipe 2's pairs per step on MRPC")
     parser.add_argument("--mfu", metavar="MODEL", help="measure MFU with MODEL even without a GPU (default: bert-base on GPU)")
     parser.add_argument("--mfu-batch-size", type=int, help="pairs per step of the MFU measurement")
     args = parser.parse_args(argv)
@@ -182,6 +191,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         "repeats": args.repeats,
         "recipe2_lengths": args.recipe2_lengths,
         "recipe2_batch_size": args.recipe2_batch_size,
+        "recipe2_mrpc_batch_size": args.recipe2_mrpc_batch_size,
         "mfu_model": args.mfu,
         "mfu_batch_size": args.mfu_batch_size,
     }

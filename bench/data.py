@@ -1,4 +1,4 @@
-"""STS-B text for the benchmarks: unique sentences to encode, scored pairs to train on."""
+"""Benchmark text: STS-B unique sentences to encode and scored pairs to train on; MRPC pairs for recipe 2."""
 
 from __future__ import annotations
 
@@ -41,5 +41,17 @@ def stsb_sentences(limit: int | None = None, seed: int = 0) -> list[str]:
 def stsb_train_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
     """STS-B train as (sentence1, sentence2, score / 5), shuffled with `seed`, as a training epoch sees them."""
     rows = [(first, second, score / 5.0) for first, second, score in read_stsb("train")]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def mrpc_train_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
+    """MRPC train as (sentence1, sentence2, paraphrase label 0/1), shuffled with `seed` (recipe 2's data)."""
+    rows = []
+    with open(data_folder() / "mrpc" / "msr_paraphrase_train.txt", encoding="utf-8-sig") as f:
+        for line in f:
+            columns = line.rstrip("\n").split("\t")
+            if len(columns) >= 5 and columns[0] in ("0", "1"):  # skips a header row where there is one
+                rows.append((columns[3], columns[4], float(columns[0])))
     random.Random(seed).shuffle(rows)
     return rows

@@ -34,6 +34,8 @@ class Settings:
     recipe2_size: str | None = "small"
     recipe2_lengths: tuple[int, ...] = (512, 1280)
     recipe2_batch_size: int = 2
+    # Pairs per step of recipe 2 on its own data, MRPC (the recipe's batch is 32).
+    recipe2_mrpc_batch_size: int = 32
     # Model of the MFU measurement (bf16 training at 128 tokens); None: bert-base on a GPU, none on a CPU.
     mfu_model: str | None = None
     mfu_batch_size: int = 128
@@ -61,6 +63,7 @@ def quick() -> Settings:
         recipe2_size="tiny",
         recipe2_lengths=(512,),
         recipe2_batch_size=2,
+        recipe2_mrpc_batch_size=8,
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 # Rows at least this long: short sentences fill them several at a time, and the attention over
 # a row (length^2) stays small next to the feed-forward layers.
-PACK_LENGTH = 128
+PACK_LENGTH = 64
 
 
 def packed_rows(n: int, multiple: int = 1) -> int:

@@ -18,6 +18,7 @@ TINY_RUN = [
     "--models", "tiny", "--sentences", "24", "--dtypes", "float32", "--batch-sizes", "8",
     "--train-batch-sizes", "4", "--steps", "2", "--repeats", "1",
     "--recipe2-size", "tiny", "--recipe2-lengths", "32", "--recipe2-batch-size", "2",
+    "--recipe2-mrpc-batch-size", "4",
     "--mfu", "tiny", "--mfu-batch-size", "2",
 ]  # fmt: skip
 
@@ -45,10 +46,11 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     assert positive(encode["ratio"]) and encode["flaxenc"]["compiles"] >= 1
     assert encode["max_abs_diff"] < 1e-4  # same weights, same sentences, fp32
 
-    stsb, recipe2 = results["train"]
+    stsb, recipe2, mrpc = results["train"]
     assert (stsb["objective"], stsb["tokens"]) == ("CosineSimilarityLoss", "STS-B")
     assert recipe2["model"] == "recipe2-roberta-tiny" and recipe2["tokens"] == "32 fixed"
-    for cell in (stsb, recipe2, results["mfu"]):
+    assert (mrpc["model"], mrpc["tokens"], mrpc["batch_size"]) == ("recipe2-roberta-tiny", "MRPC", 4)
+    for cell in (stsb, recipe2, mrpc, results["mfu"]):
         assert "error" not in cell, cell["error"]
         assert positive(cell["ratio"])
         for side in ("flaxenc", "st"):

@@ -60,8 +60,9 @@ def test_row_counts_and_lengths():
     assert [packed_rows(n) for n in (1, 2, 3, 5, 9, 17, 33, 40, 41)] == [1, 2, 3, 5, 10, 20, 40, 40, 48]
     assert packed_rows(5, multiple=8) == 8 and packed_rows(9, multiple=3) == 12
     buckets = sequence_buckets(256)
-    assert pack_length(20, buckets) == 128 and pack_length(150, buckets) == 160
-    assert pack_length(20, sequence_buckets(64)) == 64  # never beyond the largest bucket
+    assert pack_length(20, buckets) == 64 and pack_length(70, buckets) == 80
+    assert pack_length(20, buckets, minimum=128) == 128
+    assert pack_length(20, sequence_buckets(48)) == 48  # never beyond the largest bucket
     with pytest.raises(ValueError, match="300 tokens, more than the largest bucket 256"):
         pack_length(300, buckets)
 
