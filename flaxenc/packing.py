@@ -1,10 +1,11 @@
 """Sequence packing: the sentences of a training batch share rows instead of each padding its own.
 
 A padded batch computes on rows x longest tokens, most of them padding: on STS-B pairs at batch
-32 the real tokens are under 40% of the positions ST computes on. Packing places whole sentences one after
-another in rows of `length` tokens (first fit, longest first) and the encoder attends only
-within a sentence (a block-diagonal mask from segment ids) with positions restarting at each
-sentence, so every sentence's token embeddings equal the padded run's up to float rounding.
+32 the real tokens are under 40% of the positions ST computes on. Packing places whole
+sentences one after another in rows of `length` tokens (first fit, longest first) and the
+encoder attends only within a sentence (a block-diagonal mask from segment ids) with positions
+restarting at each sentence, so every sentence's token embeddings equal the padded run's up to
+float rounding.
 A gather (token_index) then lays the token embeddings out as the padded batch again, and pooling
 and the heads run unchanged. Host-side, in numpy, on the input pipeline's thread.
 """
@@ -81,14 +82,15 @@ def pack(
 
 def pack_batch(batch: dict, buckets: Sequence[int], row_multiple: int = 1, pad_id: int = 0, minimum: int = PACK_LENGTH) -> dict:
     """A training batch ({"columns": [{"input_ids", "attention_mask"}, ...], ...}) with its
-    sentences packed: adds batch["packed"] and a "token_index" to every column."""
+    sentences packed: batch["packed"] holds the rows, and each column keeps its attention_mask
+    (for pooling) and gets a token_index; its input_ids, now in the rows, are dropped."""
     columns = batch["columns"]
     longest = max(int(column["attention_mask"].sum(axis=1).max(initial=0)) for column in columns)
     length = pack_length(longest, buckets, minimum)
     packed, token_index = pack(
         [c["input_ids"] for c in columns], [c["attention_mask"] for c in columns], length, row_multiple, pad_id
     )
-    columns = [{**column, "token_index": index} for column, index in zip(columns, token_index)]
+    columns = [{"attention_mask": c["attention_mask"], "token_index": index} for c, index in zip(columns, token_index)]
     return {**batch, "columns": columns, "packed": packed}
 
 

@@ -322,3 +322,20 @@ def test_prefetch_thread_errors_reach_the_consumer(stsb_dev, encoder):
     with pytest.raises(ValueError, match="largest bucket 32"):
         for _ in too_long.batches():
             pass
+
+
+def test_packed_batches_hold_the_padded_batches_tokens(stsb_dev, encoder):
+    """data.packing: every sentence's ids sit in the packed rows where its token_index points."""
+    _, tokens = stsb_dev
+    padded = _take(_iterator(tokens, encoder, batch_size=32), 3)
+    packed = _take(_iterator(tokens, encoder, batch_size=32, packing=True, row_multiple=4), 3)
+    for (_, _, plain), (_, _, batch) in zip(padded, packed):
+        rows = batch["packed"]["input_ids"]
+        assert rows.shape[0] % 4 == 0 and rows.size < sum(c["input_ids"].size for c in plain["columns"])
+        assert np.array_equal(batch["labels"], plain["labels"])
+        for before, after in zip(plain["columns"], batch["columns"]):
+            real = before["attention_mask"] == 1
+            assert np.array_equal(after["attention_mask"], before["attention_mask"])
+            assert np.array_equal(rows.reshape(-1)[after["token_index"][real]], before["input_ids"][real])
+    with pytest.raises(ValueError, match="packing needs a single process"):
+        _iterator(tokens, encoder, packing=True, process_count=2)

@@ -11,7 +11,6 @@ from flaxenc.modules.dropout import dropout
 from flaxenc.modules.layer_norm import LayerNorm
 
 
-
 def _gelu_erf(x: jax.Array) -> jax.Array:
     """Exact GELU in torch's form, x/2 (1 + erf(x/sqrt 2)); XLA's erf is cheaper than jax.nn.gelu's erfc."""
     return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
