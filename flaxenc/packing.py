@@ -82,15 +82,15 @@ def pack(
 
 def pack_batch(batch: dict, buckets: Sequence[int], row_multiple: int = 1, pad_id: int = 0, minimum: int = PACK_LENGTH) -> dict:
     """A training batch ({"columns": [{"input_ids", "attention_mask"}, ...], ...}) with its
-    sentences packed: batch["packed"] holds the rows, and each column keeps its attention_mask
-    (for pooling) and gets a token_index; its input_ids, now in the rows, are dropped."""
+    sentences packed: adds batch["packed"] and a "token_index" to every column (whose
+    attention_mask pooling still reads)."""
     columns = batch["columns"]
     longest = max(int(column["attention_mask"].sum(axis=1).max(initial=0)) for column in columns)
     length = pack_length(longest, buckets, minimum)
     packed, token_index = pack(
         [c["input_ids"] for c in columns], [c["attention_mask"] for c in columns], length, row_multiple, pad_id
     )
-    columns = [{"attention_mask": c["attention_mask"], "token_index": index} for c, index in zip(columns, token_index)]
+    columns = [{**column, "token_index": index} for column, index in zip(columns, token_index)]
     return {**batch, "columns": columns, "packed": packed}
 
 
