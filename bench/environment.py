@@ -64,6 +64,8 @@ def hardware() -> dict:
         "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
         "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
+        # glibc.malloc.hugetlb=1: host memory in transparent huge pages, for both sides (train/huge_pages.py)
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
 
 

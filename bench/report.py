@@ -89,7 +89,8 @@ def report(results: dict) -> str:
     lines = [
         f"flaxenc vs PyTorch sentence-transformers (ST), one process, {results['date']} on {results['host']}",
         f"hardware: {hw['cpu']}, {hw['cpu_cores_usable']} of {hw['cpu_cores']} cores usable; "
-        f"jax devices {', '.join(hw['jax_devices'])}; torch on {hw['torch_device']}, {hw['torch_threads']} threads",
+        f"jax devices {', '.join(hw['jax_devices'])}; torch on {hw['torch_device']}, {hw['torch_threads']} threads; "
+        f"GLIBC_TUNABLES={hw.get('glibc_tunables')}",
         "versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()),
         *(f"{dtype}: {note}" for dtype, note in results["precision"].items()),
         *_warnings(results),

@@ -6,12 +6,16 @@ import argparse
 import logging
 import sys
 
-from train.checkpoint import CheckpointError
-from train.config import ConfigError, load_config, to_dict
-from train.loop import TrainingDiverged, train
+from train.huge_pages import relaunch_with_huge_pages
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program: relaunch for faster host memory on CPU, before the heavy imports
+        relaunch_with_huge_pages()
+    from train.checkpoint import CheckpointError
+    from train.config import ConfigError, load_config, to_dict
+    from train.loop import TrainingDiverged, train
+
     parser = argparse.ArgumentParser(
         prog="flaxenc-train",
         description="Train a sentence encoder with JAX: a YAML config plus key=value overrides "

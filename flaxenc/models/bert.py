@@ -91,7 +91,9 @@ class Attention(nnx.Module):
         else:
             # Dropout on the attention probabilities needs them written out.
             scores = jnp.einsum("btnd,bsnd->bnts", q, k) / jnp.sqrt(self.head_dim).astype(q.dtype)
-            scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            # An additive mask, as transformers': unlike a select, adding has no work in the backward.
+            bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
+            scores = scores.astype(jnp.float32) + bias
             probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
             probs = dropout(probs, self.attention_dropout_rate, attention_key)
             context = jnp.einsum("bnts,bsnd->btnd", probs, v)
