@@ -32,7 +32,12 @@ class SentenceModel(nnx.Module):
         return self._pool_and_heads(tokens, attention_mask, prompt_length, head_keys)
 
     def embed_packed(
-        self, packed: dict, token_index: jax.Array, attention_mask: jax.Array, dropout_key: jax.Array | None = None
+        self,
+        packed: dict,
+        token_index: jax.Array,
+        attention_mask: jax.Array,
+        dropout_key: jax.Array | None = None,
+        prompt_length: jax.Array | int | None = None,
     ) -> jax.Array:
         """Sentence embeddings [B, D] of sentences packed into rows (flaxenc.packing.pack).
 
@@ -44,7 +49,7 @@ class SentenceModel(nnx.Module):
             packed["input_ids"], None, None, transformer_key, segment_ids=packed["segment_ids"], positions=packed["positions"]
         )  # [R, L, H]
         tokens = rows.reshape(-1, rows.shape[-1])[token_index]  # [B, T, H]
-        return self._pool_and_heads(tokens, attention_mask, None, head_keys)
+        return self._pool_and_heads(tokens, attention_mask, prompt_length, head_keys)
 
     def _keys(self, dropout_key):
         if dropout_key is None:

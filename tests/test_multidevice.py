@@ -45,7 +45,8 @@ SCRIPT = textwrap.dedent(
         results[name] = {
             "mesh_size": int(encoder._mesh.size),
             "param_devices": len(leaf.sharding.device_set),
-            "batch_rows": sorted({rows for rows, _ in encoder.compiled_shapes}),
+            "batch_rows": sorted({rows for rows, _, _ in encoder.compiled_shapes}),
+            "packed_rows": sorted({packed for _, packed, _ in encoder.compiled_shapes}),
             "max_diff": float(np.abs(embeddings - expected).max()),
             "finite": bool(np.isfinite(embeddings).all()),
         }
@@ -58,7 +59,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_eight_devices_match_one(minilm_path, tmp_path):
-    """MiniLM on 1, 3 and 8 devices: same embeddings (<= 1e-5), each batch padded to split evenly."""
+    """MiniLM on 1, 3 and 8 devices: same embeddings (<= 1e-5), each batch and its packed rows split evenly."""
     script = tmp_path / "multidevice.py"
     script.write_text(SCRIPT)
     out = tmp_path / "result.json"
@@ -90,9 +91,9 @@ def test_eight_devices_match_one(minilm_path, tmp_path):
         assert run["mesh_size"] == n
         assert run["param_devices"] == n  # parameters replicated on every device of the mesh
         assert all(rows % n == 0 for rows in run["batch_rows"]), f"{name}: batch rows {run['batch_rows']}"
-    # Batches never span sequence buckets. The sentences fall in ten buckets (16 to 112 tokens),
-    # 6 to 16 in each, so every batch is a partial one: padded to 8 or 16 rows, on 8 devices too.
-    # Three devices round batch_size 20 up to 21 and the partial batches to 9 and 18 rows.
-    assert result["one"]["batch_rows"] == [8, 16]
-    assert result["eight"]["batch_rows"] == [8, 16]
-    assert result["three"]["batch_rows"] == [9, 18]
+        assert all(rows % n == 0 for rows in run["packed_rows"]), f"{name}: packed rows {run['packed_rows']}"
+    # 99 sentences: three batches of 32 and one of 3, padded to 4 rows (8 on 8 devices). Three
+    # devices round batch_size 20 up to 21: four batches of 21 and one of 15, padded to 18.
+    assert result["one"]["batch_rows"] == [4, 32]
+    assert result["eight"]["batch_rows"] == [8, 32]
+    assert result["three"]["batch_rows"] == [18, 21]

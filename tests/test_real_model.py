@@ -43,8 +43,9 @@ def test_minilm_matches_st_on_stsb_test(minilm, st_minilm, stsb_test):
     max_diff = float(np.abs(actual - expected).max())
     print(f"MiniLM STS-B test: {len(sentences)} sentences, max abs diff vs ST {max_diff:.2e}")
     assert max_diff <= 1e-5
-    # Few programs for thousands of sentences: bounded by buckets x batch sizes.
-    assert minilm.num_compiles <= 8, minilm.compiled_shapes
+    # Few programs for thousands of sentences: packed row counts on a grid, rows of 64 tokens and a
+    # few longer lengths (9 here).
+    assert minilm.num_compiles <= 12, minilm.compiled_shapes
 
     index = {sentence: i for i, sentence in enumerate(sentences)}
     rows1, rows2 = [index[s] for s in first], [index[s] for s in second]
