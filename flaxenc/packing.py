@@ -1,4 +1,4 @@
-"""Sequence packing: the sentences of a training batch share rows instead of each padding its own.
+"""Sequence packing: the sentences of a batch (training or encode) share rows instead of each padding its own.
 
 A padded batch computes on rows x longest tokens, most of them padding: on STS-B pairs at batch
 32 the real tokens are under 40% of the positions ST computes on. Packing places whole

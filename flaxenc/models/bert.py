@@ -91,7 +91,7 @@ class Attention(nnx.Module):
         else:
             # Dropout on the attention probabilities needs them written out.
             scores = jnp.einsum("btnd,bsnd->bnts", q, k) / jnp.sqrt(self.head_dim).astype(q.dtype)
-            # An additive mask, as transformers': unlike a select, adding has no work in the backward.
+            # An additive mask, as transformers': its backward passes the gradient through unmasked.
             bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
             scores = scores.astype(jnp.float32) + bias
             probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
