@@ -142,7 +142,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(text.split(","))
+    """'a,b' -> ('a', 'b'); '' -> () (e.g. --models '' for recipe 2 alone)."""
+    return tuple(name for name in text.split(",") if name)
 
 
 def _per_model(values: list[str], parse, current: dict) -> dict:

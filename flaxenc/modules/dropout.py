@@ -9,17 +9,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-# Random words drawn per call of threefry. XLA's CPU threefry costs about 3x more per word above
-# ~1M words, so larger draws are made in chunks of this size, one after another (lax.map).
-CHUNK_WORDS = 1 << 20
-
-
 def random_words(key: jax.Array, n: int) -> jax.Array:
-    """n random uint32 words: one draw, or chunks of CHUNK_WORDS from split keys."""
-    if n <= CHUNK_WORDS:
+    """n random uint32 words drawn from `key`.
+
+    On CPU from XLA's own Threefry (RngBitGenerator): 2-4x faster there than jax.random.bits,
+    whose cost was a tenth of a CPU training step. XLA does not split that draw over devices (each
+    draws all n words and keeps its part), so the result is the same on any mesh; GPUs and TPUs keep
+    jax.random.bits, whose draw is split over the devices.
+    """
+    if jax.default_backend() != "cpu":
         return jax.random.bits(key, (n,), jnp.uint32)
-    chunks = jax.random.split(key, -(-n // CHUNK_WORDS))
-    return jax.lax.map(lambda k: jax.random.bits(k, (CHUNK_WORDS,), jnp.uint32), chunks).reshape(-1)[:n]
+    # State: a 64-bit Threefry key from `key`, then a 64-bit counter starting at 0.
+    state = jnp.concatenate([jax.random.bits(key, (2,), jnp.uint32), jnp.zeros(2, jnp.uint32)])
+    return jax.lax.rng_bit_generator(state, (n,), jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)[1]
 
 
 def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
