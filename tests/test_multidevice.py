@@ -1,4 +1,5 @@
-"""Data-parallel encode() over 8 fake CPU devices gives the embeddings one device gives.
+"""Data-parallel encode() over 8 fake CPU devices gives the embeddings one device gives, and dropout
+draws the masks one device draws.
 
 jax creates 8 CPU devices only when XLA_FLAGS=--xla_force_host_platform_device_count=8 is set
 before it is imported, so the check runs in a fresh Python process that writes its findings as
@@ -58,10 +59,30 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_eight_devices_match_one(minilm_path, tmp_path):
-    """MiniLM on 1, 3 and 8 devices: same embeddings (<= 1e-5), each batch and its packed rows split evenly."""
+DROPOUT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from flaxenc.modules.dropout import dropout
+
+    x = jnp.ones((8, 4, 64, 64), jnp.float32)  # an attention-probabilities shape, batch first
+    key = jax.random.key(7)
+    step = jax.jit(lambda x, key: dropout(x, 0.1, key))
+    one = np.asarray(step(x, key))
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    sharded = step(jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))), key)
+    with open(sys.argv[1], "w") as f:
+        json.dump({"devices": len(sharded.sharding.device_set), "kept": float((one != 0).mean()),
+                   "equal": bool(np.array_equal(one, np.asarray(sharded)))}, f)
+    """
+)
+
+
+def _run_on_eight_devices(script_text: str, tmp_path: Path, *args: str) -> dict:
+    """Runs a script in a fresh Python with 8 fake CPU devices; returns the JSON it wrote to its last argument."""
     script = tmp_path / "multidevice.py"
-    script.write_text(SCRIPT)
+    script.write_text(script_text)
     out = tmp_path / "result.json"
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -70,7 +91,7 @@ def test_eight_devices_match_one(minilm_path, tmp_path):
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     process = subprocess.run(
-        [sys.executable, str(script), str(minilm_path), str(out)],
+        [sys.executable, str(script), *args, str(out)],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -78,7 +99,20 @@ def test_eight_devices_match_one(minilm_path, tmp_path):
         timeout=300,
     )
     assert process.returncode == 0, f"subprocess failed:\n{process.stderr[-4000:]}"
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_dropout_masks_do_not_depend_on_the_mesh(tmp_path):
+    """On CPU dropout draws from XLA's Threefry, which each device draws whole: 8 devices, same mask."""
+    result = _run_on_eight_devices(DROPOUT_SCRIPT, tmp_path)
+    assert result["devices"] == 8
+    assert abs(result["kept"] - 0.9) < 0.01  # 131k draws: 5 standard deviations are 0.004
+    assert result["equal"]
+
+
+def test_eight_devices_match_one(minilm_path, tmp_path):
+    """MiniLM on 1, 3 and 8 devices: same embeddings (<= 1e-5), each batch and its packed rows split evenly."""
+    result = _run_on_eight_devices(SCRIPT, tmp_path, str(minilm_path))
 
     assert result["n_devices"] == 8
     assert result["platform"] == "cpu"
