@@ -24,7 +24,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import flaxenc  # noqa: E402
-from bench import environment, settings as presets  # noqa: E402
+from bench import environment  # noqa: E402
+from bench import settings as presets
 from bench.data import mrpc_train_pairs, stsb_sentences, stsb_train_pairs  # noqa: E402
 from bench.encoding import measure_encode  # noqa: E402
 from bench.models import MODEL_NAMES, RECIPE2_SIZES, ModelFolders  # noqa: E402

@@ -19,13 +19,13 @@ import jax
 import numpy as np
 
 import flaxenc
+from bench.environment import torch_device
+from bench.timing import matmul_precision
 from flaxenc import losses, optim
 from flaxenc.encoder import sequence_buckets
 from flaxenc.packing import pack_batch
 from flaxenc.sentence_model import flat_params
 from flaxenc.train_step import TrainStep, init_train_state, shard_batch
-from bench.environment import torch_device
-from bench.timing import matmul_precision
 
 MAX_GRAD_NORM = 1.0
 

@@ -2,12 +2,12 @@
 
 __version__ = "0.1.0"
 
+from flaxenc import evaluation, losses, optim
 from flaxenc.encoder import SentenceEncoder
 from flaxenc.models import BertModel, EncoderConfig, RobertaModel
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, LayerNorm, Normalize, Pooling, pool
-from flaxenc.sentence_model import SentenceModel
-from flaxenc import evaluation, losses, optim
 from flaxenc.optim import OptimizerConfig, adamw, learning_rate_schedule
+from flaxenc.sentence_model import SentenceModel
 from flaxenc.train_step import TrainState, TrainStep, embed_columns, init_train_state
 
 __all__ = [

@@ -69,7 +69,7 @@ def main(folder: str, out: str, loss_name: str, devices: str, process_id=None, n
         if process_id is not None:  # each process feeds its own slice of the global batch
             share = BATCH // int(num_processes)
             mine = slice(int(process_id) * share, (int(process_id) + 1) * share)
-            batch = jax.tree.map(lambda x: x[mine], batch)
+            batch = jax.tree.map(lambda x, mine=mine: x[mine], batch)
         state, metrics = train_step(state, batch)
         history.append(float(metrics["loss"]))
     params = flat_params(params_to_model(graphdef, state))

@@ -37,7 +37,7 @@ def test_pack_layout():
     assert int((packed["segment_ids"] > 0).sum()) == real_tokens  # every token placed once
     flat = {k: v.reshape(-1) for k, v in packed.items()}
     seen = set()
-    for (ids, mask), index, ns in zip(columns, token_index, lengths):
+    for (ids, _mask), index, ns in zip(columns, token_index, lengths):
         for row, n in enumerate(ns):
             slots = index[row, :n]
             assert np.array_equal(flat["input_ids"][slots], ids[row, :n])

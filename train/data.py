@@ -281,12 +281,12 @@ class BatchIterator:
         return batch
 
     def _generate(self, start_epoch: int, start_step: int) -> Iterator[tuple[int, int, dict]]:
-        epoch, step = start_epoch, start_step
+        epoch, first = start_epoch, start_step
         while True:
             order = self.epoch_order(epoch)
-            for step in range(step, self.steps_per_epoch):
+            for step in range(first, self.steps_per_epoch):
                 yield epoch, step, self.make_batch(order[step * self.batch_size : (step + 1) * self.batch_size])
-            epoch, step = epoch + 1, 0
+            epoch, first = epoch + 1, 0
 
     def batches(self, start_epoch: int = 0, start_step: int = 0) -> Iterator[tuple[int, int, dict]]:
         """(epoch, step_in_epoch, batch) forever from that position; close() it (or break) to stop the thread."""
