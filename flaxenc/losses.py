@@ -18,8 +18,9 @@ see the global batch (jit's global view), so in-batch negatives come from every 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -286,11 +287,28 @@ def mse_loss(*students: jax.Array, teacher: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- loss objects
 
 
+class LossFunction(Protocol):
+    """What TrainStep relies on in a loss: any object with these members trains.
+
+    - `takes_labels`: whether the label column is read (the data must then have one);
+    - `needs_key`: whether the loss draws random numbers; TrainStep then passes a fresh PRNG key
+      each step as `key=` (derived from the run's seed and the step, so a resumed run draws the same);
+    - `__call__(embeddings, labels)`: one [B, D] array per text column and the labels (or None)
+      -> a scalar; a loss with `needs_key` also takes `key=`.
+    """
+
+    takes_labels: bool
+    needs_key: bool
+
+    def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None, **key: jax.Array) -> jax.Array: ...
+
+
 class _Loss:
-    """Shared by the loss dataclasses: `name` is the key in LOSSES, `takes_labels` says whether labels are read."""
+    """Shared by the loss dataclasses: `name` is the key in LOSSES; see LossFunction for the rest."""
 
     name: ClassVar[str]
     takes_labels: ClassVar[bool] = True
+    needs_key: ClassVar[bool] = False
 
     def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None) -> jax.Array:
         raise NotImplementedError
@@ -466,23 +484,35 @@ class MatryoshkaLoss(_Loss):
     def takes_labels(self) -> bool:  # type: ignore[override]
         return self.loss.takes_labels
 
+    @property
+    def needs_key(self) -> bool:  # type: ignore[override]
+        return 0 < self.n_dims_per_step < len(self.matryoshka_dims) or self.loss.needs_key
+
+    def chosen_dims(self, key: jax.Array) -> jax.Array:
+        """[len(matryoshka_dims)] bool: the dims trained this step with n_dims_per_step, drawn from `key`."""
+        # ST's random.sample of n_dims_per_step dims; a mask keeps the shapes static
+        chosen = jax.random.choice(key, len(self.matryoshka_dims), (self.n_dims_per_step,), replace=False)
+        return jnp.zeros(len(self.matryoshka_dims), bool).at[chosen].set(True)
+
     def __call__(self, embeddings, labels, *, key: jax.Array | None = None):
         embeddings = [_as_float32(e) for e in embeddings]
         full_dim = embeddings[0].shape[-1]
         if max(self.matryoshka_dims) > full_dim:
             raise ValueError(f"matryoshka_dims {self.matryoshka_dims} exceed the embedding dimension {full_dim}")
+        if self.needs_key and key is None:
+            raise ValueError(f"MatryoshkaLoss with n_dims_per_step={self.n_dims_per_step} needs a random `key`")
+        inner = self.loss
+        if self.loss.needs_key:
+            key, inner_key = jax.random.split(key)
+            inner = functools.partial(self.loss, key=inner_key)
         selected = None  # every dim
         if 0 < self.n_dims_per_step < len(self.matryoshka_dims):
-            if key is None:
-                raise ValueError(f"MatryoshkaLoss with n_dims_per_step={self.n_dims_per_step} needs a random `key`")
-            # ST's random.sample of n_dims_per_step dims; a mask keeps the shapes static
-            chosen = jax.random.choice(key, len(self.matryoshka_dims), (self.n_dims_per_step,), replace=False)
-            selected = jnp.zeros(len(self.matryoshka_dims), bool).at[chosen].set(True)
+            selected = self.chosen_dims(key)
         labels_are_embeddings = labels is not None and jnp.ndim(labels) in (2, 3) and labels.shape[-1] == full_dim
         total = 0.0
         for index, (dim, weight) in enumerate(zip(self.matryoshka_dims, self.matryoshka_weights)):
             cut = [_normalize(e[..., :dim]) for e in embeddings]
-            term = weight * self.loss(cut, labels[..., :dim] if labels_are_embeddings else labels)
+            term = weight * inner(cut, labels[..., :dim] if labels_are_embeddings else labels)
             total = total + (term if selected is None else jnp.where(selected[index], term, 0.0))
         return total
 

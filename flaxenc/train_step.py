@@ -9,7 +9,7 @@ negatives of all devices, and the gradient is the global-batch gradient. No pmap
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -20,13 +20,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flaxenc import sharding
+from flaxenc.losses import LossFunction
 from flaxenc.sentence_model import SentenceModel
 
 # A batch: one {"input_ids", "attention_mask"} dict of [B, T] int arrays per text column, and
 # "labels" ([B] float scores or binary labels; absent for losses without labels); with packed
 # sentences (flaxenc.packing.pack_batch) also "packed" rows and a "token_index" per column.
 Batch = dict[str, Any]
-Loss = Callable[[Sequence[jax.Array], jax.Array | None], jax.Array]
 
 
 class TrainState(NamedTuple):
@@ -94,13 +94,20 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch)
 
 
-def _train_step(graphdef, loss: Loss, tx, learning_rate_fn, accumulation_steps, dropout, state: TrainState, batch):
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step) if dropout else None
+def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(dropout key, loss key) of micro-step `step`: functions of the run's seed and the step alone."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+    return step_key, jax.random.fold_in(step_key, 1)
+
+
+def _train_step(graphdef, loss: LossFunction, tx, learning_rate_fn, accumulation_steps, dropout, state: TrainState, batch):
+    dropout_key, loss_key = step_keys(state.rng, state.step)
+    loss_options = {"key": loss_key} if getattr(loss, "needs_key", False) else {}  # plain functions need none
 
     def loss_of(params):
         model = nnx.merge(graphdef, params)
-        embeddings = embed_columns(model, batch["columns"], step_key, batch.get("packed"))
-        return loss(embeddings, batch.get("labels"))
+        embeddings = embed_columns(model, batch["columns"], dropout_key if dropout else None, batch.get("packed"))
+        return loss(embeddings, batch.get("labels"), **loss_options)
 
     loss_value, grads = jax.value_and_grad(loss_of)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -115,7 +122,8 @@ def _train_step(graphdef, loss: Loss, tx, learning_rate_fn, accumulation_steps, 
 class TrainStep:
     """The compiled step. `state, metrics = step(state, batch)`; `state` is donated.
 
-    loss: a callable on (embeddings per column, labels), e.g. flaxenc.losses.CosineSimilarityLoss().
+    loss: a flaxenc.losses.LossFunction, e.g. flaxenc.losses.CosineSimilarityLoss(); a loss that
+        `needs_key` gets a fresh key each step (`step_keys`).
     learning_rate_fn: the optimizer's schedule, reported as metrics["learning_rate"].
     dropout: False runs the model deterministically (for parity tests and evaluation).
     """
@@ -123,7 +131,7 @@ class TrainStep:
     def __init__(
         self,
         graphdef: nnx.GraphDef,
-        loss: Loss,
+        loss: LossFunction,
         tx: optax.GradientTransformation,
         mesh: Mesh | None = None,
         learning_rate_fn: optax.Schedule | None = None,

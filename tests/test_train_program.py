@@ -164,3 +164,18 @@ def test_empty_dataset_is_an_error(tmp_path, capsys):
     assert main([QUICKSTART, *tiny_overrides(tmp_path / "run", f"data.train.path={empty}"), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "empty.csv" in error and "no rows" in error, error
+
+
+def test_matryoshka_with_random_dims_trains(tmp_path):
+    """MatryoshkaLoss with n_dims_per_step needs a key each step: flaxenc-train gives it one."""
+    overrides = tiny_overrides(
+        tmp_path,
+        "loss.name=matryoshka",
+        "loss.args={loss: cosent, matryoshka_dims: [32, 16, 8], n_dims_per_step: 1}",
+        "max_steps=4",
+        "evaluation.evaluator=",
+    )
+    summary = train(load_config(QUICKSTART, overrides), progress=False)
+    assert summary.steps == 4 and np.isfinite(summary.final_loss)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len([record for record in logged if record["kind"] == "train"]) == 4

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import build_st_model, data_folder, read_stsb
+from conftest import build_st_model, read_mrpc, read_stsb
 
 import flaxenc
 from flaxenc import losses, optim
@@ -38,20 +38,6 @@ class RecordingLoss(torch.nn.Module):
         value = self.loss(features, labels)
         self.steps.append((columns, labels.numpy().astype(np.float32), value.item()))
         return value
-
-
-def read_mrpc(limit: int):
-    folder = data_folder()
-    if folder is None:
-        pytest.skip("MRPC data not found: set FLAXENC_DATA or place it at ../shared/data")
-    rows = []
-    with open(folder / "mrpc" / "msr_paraphrase_train.txt", encoding="utf-8-sig") as f:
-        next(f)  # header line of the original distribution, if any
-        for line in f:
-            columns = line.rstrip("\n").split("\t")
-            if len(columns) == 5 and columns[0] in ("0", "1"):
-                rows.append((columns[3], columns[4], float(columns[0])))
-    return rows[:limit]
 
 
 def st_fit(st_model, st_loss, rows, tmp_path, monkeypatch, lr, warmup_steps, weight_decay):
@@ -169,7 +155,7 @@ def test_contrastive_recipe_matches_st_fit(tmp_path, roberta_tokenizer_path, mon
         attention_probs_dropout_prob=0.0,
         max_position_embeddings=130,
     )
-    rows = read_mrpc(STEPS * BATCH)
+    rows = [(a, b, float(label)) for a, b, label in zip(*read_mrpc("train"))][: STEPS * BATCH]
     lr, warmup, decay = 1e-4, 5, 1e-4  # recipe 2: lr 1e-4, weight decay 1e-4
     # The recipe's ContrastiveLoss: euclidean distance (ST 6's default is cosine), margin 0.2.
     euclidean = st_losses.SiameseDistanceMetric.EUCLIDEAN
@@ -230,3 +216,47 @@ def test_bf16_compute_trains_close_to_fp32(tmp_path, bert_tokenizer_path):
     relative = np.abs(runs["bfloat16"] - runs["float32"]) / runs["float32"]
     print(f"bf16 vs fp32 training losses: max relative diff {relative.max():.2e}")
     assert relative.max() <= 0.05
+
+
+def test_matryoshka_random_dims_step_equals_st(tmp_path, bert_tokenizer_path):
+    """A loss that needs_key gets TrainStep's per-step key: with n_dims_per_step, each step's loss is
+    ST's MatryoshkaLoss over the dims that step's key chose (ST draws them with random.sample), on
+    the parameters of that step."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from flaxenc.train_step import step_keys
+
+    folder, st_model = build_st_model(tmp_path, bert_tokenizer_path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    dims, weights = (32, 16, 8), (1.0, 2.0, 3.0)
+    loss = losses.MatryoshkaLoss(losses.CoSENTLoss(), dims, weights, n_dims_per_step=2)
+    assert loss.needs_key and not losses.CoSENTLoss().needs_key
+    encoder = flaxenc.SentenceEncoder.from_pretrained(folder)
+    tx = optim.adamw(1e-3)
+    graphdef, state = init_train_state(encoder.model, tx, seed=3)
+    train_step = TrainStep(graphdef, loss, tx, dropout=False)
+    state = train_step.place_state(state)
+    first, second, scores = read_stsb("train")
+    chosen_sets = set()
+    for step in range(4):
+        encoder.model = params_to_model(graphdef, state)
+        encoder.save(tmp_path / f"step{step}")
+        st_model = SentenceTransformer(str(tmp_path / f"step{step}"), device="cpu")
+        rows = slice(step * BATCH, (step + 1) * BATCH)
+        features = [st_model.tokenize(texts) for texts in (first[rows], second[rows])]
+        labels = np.asarray(scores[rows], np.float32) / 5
+        chosen = np.asarray(loss.chosen_dims(step_keys(state.rng, state.step)[1]))
+        assert chosen.sum() == 2
+        chosen_sets.add(tuple(chosen.tolist()))
+        reference = st_losses.MatryoshkaLoss(
+            st_model,
+            st_losses.CoSENTLoss(st_model),
+            [d for d, keep in zip(dims, chosen) if keep],
+            [w for w, keep in zip(weights, chosen) if keep],
+        )
+        with torch.no_grad():
+            expected = reference(features, torch.tensor(labels)).item()
+        columns = [{key: f[key].numpy() for key in ("input_ids", "attention_mask")} for f in features]
+        state, metrics = train_step(state, to_batch((columns, labels, None), 32))
+        assert abs(float(metrics["loss"]) - expected) <= 1e-5 * max(1.0, abs(expected)), (step, float(metrics["loss"]), expected)
+    assert len(chosen_sets) > 1, "every step drew the same dims"
