@@ -155,6 +155,49 @@ def test_unknown_pooling_mode_is_named(bad_folder):
     assert "'median'" in message
 
 
+@pytest.mark.parametrize(
+    "path, key, value",
+    [
+        ("1_Pooling/config.json", "pooling_mode_attention", True),
+        ("1_Pooling/config.json", "pooling_mode_lasttoken_weighted", 1),
+        ("2_Dense/config.json", "use_layer_scale", True),
+        ("sentence_bert_config.json", "query_length", 32),
+    ],
+)
+def test_unimplemented_option_set_true_is_named(bad_folder, path, key, value):
+    """A config flag flaxenc does not implement, set: ValueError naming the file, the key and its value."""
+    config = bad_folder / path
+    edit_json(config, lambda c: c.update({key: value}))
+    message = load_error(bad_folder)
+    assert str(config) in message and f"{key}={value!r}" in message
+
+
+def test_unimplemented_pooling_flags_set_false_load(bad_folder):
+    """Recipe 2's card writes legacy pooling flags, some unknown to flaxenc (and to ST 6.3), all false
+    but max: it loads with max pooling, as older ST computed it."""
+    from sentence_transformers import SentenceTransformer
+
+    config = bad_folder / "1_Pooling" / "config.json"
+    reference = SentenceTransformer(str(bad_folder), device="cpu")
+    reference[1].pooling_mode = "max"  # what the legacy flags below select
+    legacy = {
+        "word_embedding_dimension": 32,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": True,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "pooling_mode_attention": False,
+        "pooling_mode_cls_token_first": None,
+    }
+    config.write_text(json.dumps(legacy))
+    encoder = SentenceEncoder.from_pretrained(bad_folder)
+    assert encoder.model.pooling.modes == ("max",)
+    expected = reference.encode(SENTENCES, convert_to_numpy=True)
+    assert np.abs(encoder.encode(SENTENCES) - expected).max() <= 1e-5
+
+
 @pytest.mark.parametrize("activation", ["torch.nn.modules.activation.Hardshrink", "mylib.Foo"])
 def test_unknown_activation_is_named(bad_folder, activation):
     """A Dense activation flaxenc has no JAX version of: ValueError naming it and 2_Dense/config.json."""

@@ -74,6 +74,36 @@ def _read_json(path: Path) -> dict[str, Any] | list[Any]:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
+# The config keys flaxenc reads for each module kind (ST's `config_keys`, and the legacy ones). Any
+# other key set to a true value asks for something flaxenc does not compute (an error); one set
+# to false, null or empty changes nothing, as ST's loaders treat an unset flag.
+KNOWN_CONFIG_KEYS = {
+    "Transformer": {
+        "max_seq_length", "do_lower_case", "transformer_task", "modality_config", "module_output_name",
+        "unpad_inputs", "model_args", "tokenizer_args", "processing_kwargs",
+    },
+    "Pooling": {"embedding_dimension", "word_embedding_dimension", "pooling_mode", "include_prompt", *LEGACY_MODE_KEYS},
+    "Dense": {
+        "in_features", "out_features", "bias", "activation_function", "use_residual",
+        "module_input_name", "module_output_name",
+    },
+    "Dropout": {"dropout"},
+    "LayerNorm": {"dimension"},
+    "Normalize": {"module_input_name", "module_output_name"},
+}
+
+
+def _check_config_keys(kind: str, config: dict[str, Any], source: Path) -> None:
+    """An error naming every key of a module config that is set and that flaxenc does not implement."""
+    unknown = sorted(key for key, value in config.items() if key not in KNOWN_CONFIG_KEYS[kind] and value)
+    if unknown:
+        settings = ", ".join(f"{key}={config[key]!r}" for key in unknown)
+        raise ValueError(
+            f"{source}: {kind} option(s) {settings} are not implemented by flaxenc; loading without them would "
+            f"compute other embeddings. flaxenc reads {sorted(KNOWN_CONFIG_KEYS[kind])}"
+        )
+
+
 def _module_kind(type_name: str, source: Path) -> str:
     """'Pooling' for both sentence_transformers.models.Pooling and ...modules.pooling.Pooling."""
     kind = type_name.rsplit(".", 1)[-1]
@@ -165,6 +195,7 @@ def _load_transformer(folder: Path, dtype):
     config = EncoderConfig.from_dict(raw_config, source=str(config_path))
     sbert_path = folder / "sentence_bert_config.json"
     sbert = _read_json(sbert_path) if sbert_path.is_file() else {}
+    _check_config_keys("Transformer", sbert, sbert_path)
     task = sbert.get("transformer_task", "feature-extraction")
     if task != "feature-extraction":
         raise ValueError(f"{sbert_path}: transformer_task {task!r} is not supported, only 'feature-extraction'")
@@ -207,6 +238,7 @@ def set_tokenizer_options(tokenizer: PreTrainedTokenizerBase, max_seq_length: in
 def _load_pooling(folder: Path, hidden: int) -> Pooling:
     config_path = folder / "config.json"
     config = dict(_read_json(config_path)) if config_path.is_file() else {}
+    _check_config_keys("Pooling", config, config_path)
     dim = config.get("embedding_dimension", config.get("word_embedding_dimension", hidden))
     if dim != hidden:
         raise ValueError(f"{config_path}: embedding_dimension {dim} differs from the transformer's hidden size {hidden}")
@@ -223,6 +255,7 @@ def _load_pooling(folder: Path, hidden: int) -> Pooling:
 def _load_head(kind: str, folder: Path, dim: int, dtype) -> nnx.Module:
     config_path = folder / "config.json"
     config = dict(_read_json(config_path)) if config_path.is_file() else {}
+    _check_config_keys(kind, config, config_path)
     for key in ("module_input_name", "module_output_name"):
         if config.get(key, "sentence_embedding") != "sentence_embedding":
             raise ValueError(f"{config_path}: {key} {config[key]!r} is not supported, only 'sentence_embedding'")
