@@ -8,23 +8,47 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "dev", "test")
+NOT_FOUND = "set FLAXENC_DATA or place the data sets at ../shared/data (see its README)"
 
 
-def data_folder() -> Path:
-    """$FLAXENC_DATA, else ../shared/data beside the repo."""
+def find_data_folder() -> Path | None:
+    """$FLAXENC_DATA, else ../shared/data beside the repo; None where neither holds STS-B."""
     for candidate in (os.environ.get("FLAXENC_DATA"), REPO.parent / "shared" / "data"):
         if candidate and (Path(candidate) / "stsb" / "sts-train.csv").is_file():
             return Path(candidate)
-    raise FileNotFoundError("STS-B not found: set FLAXENC_DATA or place it at ../shared/data (stsb/sts-*.csv)")
+    return None
+
+
+def data_folder() -> Path:
+    """The data folder (find_data_folder), or FileNotFoundError saying where it is looked for."""
+    folder = find_data_folder()
+    if folder is None:
+        raise FileNotFoundError(f"STS-B not found: {NOT_FOUND}")
+    return folder
+
+
+def stsb_path(split: str) -> Path:
+    return data_folder() / "stsb" / f"sts-{split}.csv"
 
 
 def read_stsb(split: str) -> list[tuple[str, str, float]]:
     """(sentence1, sentence2, score 0..5) rows; tab-separated, no quoting, some rows carry extra columns."""
     rows = []
-    with open(data_folder() / "stsb" / f"sts-{split}.csv", encoding="utf-8") as f:
+    with open(stsb_path(split), encoding="utf-8") as f:
         for line in f:
             columns = line.rstrip("\n").split("\t")
             rows.append((columns[5], columns[6], float(columns[4])))
+    return rows
+
+
+def read_mrpc(split: str) -> list[tuple[str, str, int]]:
+    """(sentence1, sentence2, paraphrase label 0/1) rows of msr_paraphrase_{split}.txt (UTF-8 with a BOM)."""
+    rows = []
+    with open(data_folder() / "mrpc" / f"msr_paraphrase_{split}.txt", encoding="utf-8-sig") as f:
+        for line in f:
+            columns = line.rstrip("\n").split("\t")
+            if len(columns) >= 5 and columns[0] in ("0", "1"):  # skips a header row where there is one
+                rows.append((columns[3], columns[4], int(columns[0])))
     return rows
 
 
@@ -47,11 +71,6 @@ def stsb_train_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
 
 def mrpc_train_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
     """MRPC train as (sentence1, sentence2, paraphrase label 0/1), shuffled with `seed` (recipe 2's data)."""
-    rows = []
-    with open(data_folder() / "mrpc" / "msr_paraphrase_train.txt", encoding="utf-8-sig") as f:
-        for line in f:
-            columns = line.rstrip("\n").split("\t")
-            if len(columns) >= 5 and columns[0] in ("0", "1"):  # skips a header row where there is one
-                rows.append((columns[3], columns[4], float(columns[0])))
+    rows = [(first, second, float(label)) for first, second, label in read_mrpc("train")]
     random.Random(seed).shuffle(rows)
     return rows

@@ -41,17 +41,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from bench.data import data_folder  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "stsb_cosine.yaml"
 METRIC = "spearman_cosine"
-
-
-def data_folder() -> Path | None:
-    """../shared/data beside the repo, or $FLAXENC_DATA (as tests/conftest.py looks for it)."""
-    for candidate in (os.environ.get("FLAXENC_DATA"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "stsb" / "sts-train.csv").is_file():
-            return Path(candidate)
-    return None
 
 
 def _stsb(split: str, folder: Path) -> str:
@@ -104,10 +98,9 @@ class RecordingLoss:
 @contextlib.contextmanager
 def sequential_batches():
     """Makes ST's trainer batch the training rows in the order given, instead of reshuffling them."""
-    from torch.utils.data import SequentialSampler
-
     from sentence_transformers.base.sampler import DefaultBatchSampler
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from torch.utils.data import SequentialSampler
 
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         return DefaultBatchSampler(
@@ -212,8 +205,6 @@ def run(limit: int = 0, test_limit: int = 0, dev_limit: int = 64, out: str | os.
     from train.model import resolve_path
 
     folder = data_folder()
-    if folder is None:
-        raise FileNotFoundError("STS-B not found: set FLAXENC_DATA or place it at ../shared/data/stsb")
     out = Path(out).resolve()
     for earlier in (out / "flaxenc", out / "st_work", out / "st_final"):
         if (earlier / "config.yaml").is_file() or (earlier / "modules.json").is_file() or earlier.name == "st_work":

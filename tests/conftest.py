@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,29 +20,34 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "float32")
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # bench/ (its data readers serve the tests too) is not an installed package
+
+from bench import data as shared_data  # noqa: E402
 
 
 def data_folder() -> Path | None:
-    """../shared/data beside the repo, or $FLAXENC_DATA."""
-    for candidate in (os.environ.get("FLAXENC_DATA"), REPO.parent / "shared" / "data"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
+    """../shared/data beside the repo, or $FLAXENC_DATA (bench.data finds it for tests and bench alike)."""
+    return shared_data.find_data_folder()
+
+
+def _data_or_skip() -> None:
+    if shared_data.find_data_folder() is None:
+        pytest.skip(f"STS-B and MRPC not found: {shared_data.NOT_FOUND}")
 
 
 def read_stsb(split: str) -> tuple[list[str], list[str], list[float]]:
-    """STS-B split as (sentences1, sentences2, scores 0..5); tab-split, columns 4, 5, 6."""
-    folder = data_folder()
-    if folder is None:
-        pytest.skip("STS-B data not found: set FLAXENC_DATA or place it at ../shared/data")
-    first, second, scores = [], [], []
-    with open(folder / "stsb" / f"sts-{split}.csv", encoding="utf-8") as f:
-        for line in f:
-            columns = line.rstrip("\n").split("\t")
-            scores.append(float(columns[4]))
-            first.append(columns[5])
-            second.append(columns[6])
-    return first, second, scores
+    """STS-B split as (sentences1, sentences2, scores 0..5)."""
+    _data_or_skip()
+    first, second, scores = zip(*shared_data.read_stsb(split))
+    return list(first), list(second), list(scores)
+
+
+def read_mrpc(split: str) -> tuple[list[str], list[str], list[int]]:
+    """MRPC split as (sentences1, sentences2, 0/1 labels)."""
+    _data_or_skip()
+    first, second, labels = zip(*shared_data.read_mrpc(split))
+    return list(first), list(second), list(labels)
 
 
 def minilm_folder() -> Path:

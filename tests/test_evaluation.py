@@ -2,7 +2,8 @@
 
 Three levels:
 - the statistics and threshold searches against scipy / scikit-learn / ST's static methods on tie-heavy arrays;
-- both evaluators fed the SAME embeddings (a stand-in model serving ST's MiniLM embeddings): the metric math,
+- both evaluators fed the SAME embeddings (a real SentenceTransformer whose one module serves ST's MiniLM
+  embeddings from a table): the metric math,
   metric names, primary metric and CSV files must agree to ~1e-7;
 - ST's evaluator on ST's embeddings against flaxenc's evaluator on flaxenc's encoder (embeddings ~3e-7 apart).
 """
@@ -14,7 +15,9 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import data_folder, read_stsb
+from conftest import read_mrpc, read_stsb
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import InputModule
 
 import flaxenc
 from flaxenc import evaluation
@@ -23,40 +26,30 @@ ALL_FNS = ["cosine", "dot", "euclidean", "manhattan"]
 N_STS_PAIRS, N_MRPC_PAIRS = 500, 300
 
 
-def read_mrpc(split: str, n: int) -> tuple[list[str], list[str], list[int]]:
-    """The first n MRPC pairs: (sentences1, sentences2, 0/1 labels); UTF-8 with a byte-order mark, no header."""
-    folder = data_folder()
-    if folder is None:
-        pytest.skip("MRPC data not found: set FLAXENC_DATA or place it at ../shared/data")
-    first, second, labels = [], [], []
-    with open(folder / "mrpc" / f"msr_paraphrase_{split}.txt", encoding="utf-8-sig") as f:
-        for line in list(f)[:n]:
-            label, _, _, sentence1, sentence2 = line.rstrip("\n").split("\t")
-            first.append(sentence1)
-            second.append(sentence2)
-            labels.append(int(label))
-    return first, second, labels
-
-
-class EmbeddingTable:
-    """A stand-in SentenceTransformer that serves fixed embeddings, so ST's evaluators and flaxenc's see the same."""
-
-    similarity_fn_name = "cosine"
-    model_card_data = types.SimpleNamespace(set_evaluation_metrics=lambda *args, **kwargs: None)
+class EmbeddingLookup(InputModule):
+    """An ST input module that maps each sentence to its row of a fixed table of embeddings."""
 
     def __init__(self, embeddings: dict[str, np.ndarray]):
-        self.embeddings = embeddings
+        super().__init__()
+        self.rows = {text: row for row, text in enumerate(embeddings)}
+        self.table = torch.from_numpy(np.stack(list(embeddings.values())))
 
-    def encode(self, sentences, convert_to_tensor: bool = False, **kwargs):
-        rows = np.stack([self.embeddings[sentence] for sentence in sentences])
-        return torch.from_numpy(rows) if convert_to_tensor else rows
+    def preprocess(self, inputs, prompt=None, **kwargs):
+        return {"row": torch.tensor([self.rows[text] for text in inputs])}
 
-    encode_query = encode_document = encode
+    def forward(self, features, **kwargs):
+        return {**features, "sentence_embedding": self.table[features["row"]]}
 
-    def similarity(self, a, b):
-        from sentence_transformers.util import cos_sim
+    def get_embedding_dimension(self) -> int:
+        return self.table.shape[1]
 
-        return cos_sim(a, b)
+    def save(self, *args, **kwargs):
+        raise NotImplementedError("a test module")
+
+
+def embedding_table(embeddings: dict[str, np.ndarray]) -> SentenceTransformer:
+    """A real SentenceTransformer that serves fixed embeddings, so ST's evaluators and flaxenc's see the same."""
+    return SentenceTransformer(modules=[EmbeddingLookup(embeddings)], device="cpu")
 
 
 # ----------------------------------------------------------------------------- data and models (once per module)
@@ -91,7 +84,7 @@ def data():
 
     return types.SimpleNamespace(
         sts=(first, second, scores),
-        mrpc=read_mrpc("test", N_MRPC_PAIRS),
+        mrpc=[column[:N_MRPC_PAIRS] for column in read_mrpc("test")],
         triplets=triplets,
         ir=(queries, corpus, relevant),
     )
@@ -113,7 +106,7 @@ def encoder(minilm_path):
 def st_table(st_model, data):
     """ST's MiniLM embeddings of every sentence of the module, encoded once."""
     texts = list(dict.fromkeys([*data.sts[0], *data.sts[1], *data.mrpc[0], *data.mrpc[1]]))
-    return EmbeddingTable(dict(zip(texts, st_model.encode(texts, batch_size=64, convert_to_numpy=True))))
+    return embedding_table(dict(zip(texts, st_model.encode(texts, batch_size=64, convert_to_numpy=True))))
 
 
 # ----------------------------------------------------------------------------- evaluator cases (same arguments to both)
@@ -270,7 +263,7 @@ def test_statistics_match_scipy_and_sklearn():
     from sklearn.metrics import average_precision_score, matthews_corrcoef
 
     rng = np.random.default_rng(2)
-    for trial in range(20):
+    for _trial in range(20):
         n = int(rng.integers(3, 400))
         gold = list(np.round(rng.uniform(0, 5, n), 1))  # a list of floats, as ST passes its scores
         scores = np.round(rng.normal(size=n), 2).astype(np.float32)
@@ -291,7 +284,7 @@ def test_retrieval_ties_rank_by_corpus_id_as_st():
     vectors = {text: rng.integers(0, 2, 4).astype(np.float32) for text in [*corpus.values(), *queries.values()]}
     ids = list(corpus)
     relevant = {qid: {str(cid) for cid in rng.choice(ids, int(rng.integers(1, 6)), replace=False)} for qid in queries}
-    table = EmbeddingTable(vectors)
+    table = embedding_table(vectors)
     table.similarity_fn_name = "dot"
     table.similarity = lambda a, b: a @ b.T
     ks = dict(mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 3], precision_recall_at_k=[1, 5], map_at_k=[20])

@@ -5,8 +5,9 @@ ST's losses are run on fixed embeddings in one of two ways:
 - `compute_loss_from_embeddings(embeddings, labels)` where the loss has it; the `model` its
   constructor wants is a real tiny SentenceTransformer that this path never calls;
 - `loss(sentence_features, labels)` for MatryoshkaLoss (no compute_loss_from_embeddings) and MSELoss
-  (whose label reshaping lives in forward), with a pass-through torch model whose forward returns
-  the embedding stored in the features: ST's real loss code then runs on our fixed embeddings.
+  (whose label reshaping lives in forward), with a real SentenceTransformer built from one custom
+  module (ST's public `SentenceTransformer(modules=[...])`) that returns the embedding stored in
+  the features: ST's real model and loss code then run on our fixed embeddings.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import build_st_model
+from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses as st_losses
 
 from flaxenc import losses
-from conftest import build_st_model
 
 # Loss values: |ours - ST| <= TOLERANCE * max(1, |ST|). Gradients: <= GRADIENT_TOLERANCE * max(1, largest |ST grad|).
 # Gradients get 2e-6: at scale 20 CoSENT's (and AnglE's) float32 gradients from ST itself are up to 1e-6
@@ -37,17 +39,22 @@ def st_model(tmp_path_factory, bert_tokenizer_path):
 
 
 class PassThrough(torch.nn.Module):
-    """A 'model' that returns the embedding it is handed, so ST's forward path sees fixed embeddings."""
+    """A custom ST module that returns the embedding it is handed as the sentence embedding."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
 
     def forward(self, features):
-        return {"sentence_embedding": features["embedding"]}
+        return {**features, "sentence_embedding": features["embedding"]}
 
     def get_embedding_dimension(self) -> int:
         return self.dim
+
+
+def pass_through_model(dim: int) -> SentenceTransformer:
+    """A real SentenceTransformer whose only module is PassThrough: ST's forward path sees fixed embeddings."""
+    return SentenceTransformer(modules=[PassThrough(dim)], device="cpu")
 
 
 def random_columns(columns: int, batch: int, dim: int, seed: int = 0) -> list[np.ndarray]:
@@ -72,7 +79,7 @@ def compare(flax_loss, st_loss, columns, labels, via_forward: bool = False) -> t
 
     flax_loss(list of jax arrays, labels) -> scalar. st_loss is an ST loss object, run as
     st_loss.compute_loss_from_embeddings(list of torch tensors, labels), or with via_forward as
-    st_loss(sentence_features, labels) with features {"embedding": tensor} (its model a PassThrough).
+    st_loss(sentence_features, labels) with features {"embedding": tensor} (its model a pass_through_model).
     """
     arguments = ([jnp.asarray(column) for column in columns], None if labels is None else jnp.asarray(labels))
     # One compile per case (eager jax compiles every op); LLVM at -O0 compiles the same XLA graph ~3x faster.
@@ -237,7 +244,7 @@ def test_triplet_defaults_and_identical_anchor(st_model):
 @pytest.mark.parametrize("columns, teacher_shape", [(1, "2d"), (3, "2d"), (2, "3d")])
 def test_mse_loss(columns, teacher_shape):
     batch, dim = 8, 16
-    reference = st_losses.MSELoss(PassThrough(dim))
+    reference = st_losses.MSELoss(pass_through_model(dim))
     rng = np.random.default_rng(3)
     shape = (batch, dim) if teacher_shape == "2d" else (batch, columns, dim)
     teacher = rng.normal(size=shape).astype(np.float32)
@@ -245,7 +252,7 @@ def test_mse_loss(columns, teacher_shape):
 
 
 def st_matryoshka(inner_class, dim, matryoshka_dims, weights=None, **inner_options):
-    model = PassThrough(dim)
+    model = pass_through_model(dim)
     return st_losses.MatryoshkaLoss(model, inner_class(model, **inner_options), list(matryoshka_dims), weights)
 
 

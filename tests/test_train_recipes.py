@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import REPO, SENTENCES, data_folder
+from conftest import REPO, SENTENCES, data_folder, read_mrpc
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.evaluation import BinaryClassificationEvaluator
 
@@ -22,17 +22,6 @@ from train.config import load_config
 from train.loop import train
 
 N_TRAIN, N_TEST = 128, 200
-
-
-def read_mrpc_test(n: int):
-    first, second, labels = [], [], []
-    with open(data_folder() / "mrpc" / "msr_paraphrase_test.txt", encoding="utf-8-sig") as f:
-        for line in f:
-            columns = line.rstrip("\n").split("\t")
-            labels.append(int(columns[0]))
-            first.append(columns[3])
-            second.append(columns[4])
-    return first[:n], second[:n], labels[:n]
 
 
 @pytest.fixture
@@ -78,7 +67,7 @@ def test_recipe2_pipeline_on_mrpc_matches_st_evaluator(tmp_path, roberta_tokeniz
     st_model = SentenceTransformer(summary.final_model, device="cpu")
     assert [type(m).__name__ for m in st_model] == ["Transformer", "Pooling", "Dense", "Dropout"]
     assert st_model.max_seq_length == 1280
-    evaluator = BinaryClassificationEvaluator(*read_mrpc_test(N_TEST), name="msr_paraphrase_test")
+    evaluator = BinaryClassificationEvaluator(*[column[:N_TEST] for column in read_mrpc("test")], name="msr_paraphrase_test")
     expected = evaluator(st_model)
     actual = summary.eval
     assert set(expected) <= set(actual), sorted(set(expected) - set(actual))
