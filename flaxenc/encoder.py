@@ -27,8 +27,8 @@ def sequence_buckets(
     """Padded lengths from `smallest` to max_seq_length: multiples of 8, `per_octave` per doubling.
 
     With 4 per octave (16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ...) a batch pads at most
-    25% beyond its longest row, where powers of two padded up to 100% (1.66x ST's tokens on STS-B
-    pairs, against 1.16x), and compiles grow only with the log of max_seq_length.
+    a quarter beyond its longest row, where powers of two pad up to double, and compiles grow only
+    with the log of max_seq_length (README "Decisions" has the measured token counts).
     """
     buckets = []
     length = smallest
@@ -53,10 +53,8 @@ def packed_encode_batch(
 ) -> dict:
     """One encode batch, its sentences packed (flaxenc.packing) into rows of at least PACK_LENGTH.
 
-    Sorted sentences padded to a bucket computed 1.2-1.3x ST's token positions on STS-B (most
-    sentences are 10-20 tokens, rounded up to 16 or 24). Packed, short sentences share rows of one
-    length, so few programs compile: on all of STS-B at batch 32 that is 1.24x ST (a 33-63-token
-    sentence fills a row of 64 alone), on 512 sentences 1.04x at batch 32 and 0.25x at batch 512.
+    Short sentences share rows of one length instead of each padding to a bucket, so they compute
+    on fewer positions and few programs compile (README "Decisions" has the measured counts).
     The batch grows to `rows` sentences by repeating its last (shortest) one; those rows are dropped.
     """
     length = pack_length(max(len(ids) for ids in batch), buckets)

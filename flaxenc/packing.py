@@ -1,7 +1,7 @@
 """Sequence packing: the sentences of a batch (training or encode) share rows instead of each padding its own.
 
-A padded batch computes on rows x longest tokens, most of them padding: on STS-B pairs at batch
-32 the real tokens are under 40% of the positions ST computes on. Packing places whole
+A padded batch computes on rows x longest tokens, much of them padding on short sentence pairs.
+Packing places whole
 sentences one after another in rows of `length` tokens (first fit, longest first) and the
 encoder attends only within a sentence (a block-diagonal mask from segment ids) with positions
 restarting at each sentence, so every sentence's token embeddings equal the padded run's up to

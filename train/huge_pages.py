@@ -1,10 +1,9 @@
 """Transparent huge pages for the host memory XLA allocates, by relaunching the program once.
 
 XLA's CPU runtime mallocs a step's temporaries afresh on every step. glibc serves large blocks
-with fresh mmaps, so the kernel faults in and zeroes every 4 KiB page of them, every step: 128k
-page faults and about a quarter of a recipe-2 training step on a 2-core CPU. With
-`glibc.malloc.hugetlb=1` (glibc >= 2.35) malloc asks for transparent huge pages and the faults
-fall below 20k. glibc reads the setting only at process start, so `flaxenc-train` and
+with fresh mmaps, so the kernel faults in and zeroes every 4 KiB page of them, every step (README
+"Training program" has the measured cost). With `glibc.malloc.hugetlb=1` (glibc >= 2.35) malloc
+asks for transparent huge pages, and far fewer faults. glibc reads the setting only at process start, so `flaxenc-train` and
 `python -m bench` re-execute themselves once with it set, before jax loads; programs of your own
 can call relaunch_with_huge_pages() first thing. FLAXENC_HUGE_PAGES=0 turns it off.
 """

@@ -12,8 +12,8 @@ from flax import nnx
 def random_words(key: jax.Array, n: int) -> jax.Array:
     """n random uint32 words drawn from `key`.
 
-    On CPU from XLA's own Threefry (RngBitGenerator): 1.5-3x faster there than jax.random.bits,
-    whose cost was a tenth of a CPU training step. XLA does not split that draw over devices (each
+    On CPU from XLA's own Threefry (RngBitGenerator), which is faster there than jax.random.bits
+    (README "Decisions" has the figures). XLA does not split that draw over devices (each
     draws all n words and keeps its part), so the result is the same on any mesh; GPUs and TPUs keep
     jax.random.bits, whose draw is split over the devices.
     """
