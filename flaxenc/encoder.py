@@ -13,7 +13,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from flaxenc import sharding
-from flaxenc.io import STFolder, load_st_folder, resolve_folder, save_st_folder
+from flaxenc.io import STFolder, TrainingCard, load_st_folder, resolve_folder, save_st_folder, write_model_card
 from flaxenc.packing import pack, pack_length
 from flaxenc.sentence_model import SentenceModel
 
@@ -149,9 +149,16 @@ class SentenceEncoder:
     def num_compiles(self) -> int:
         return len(self._compiled_shapes)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes an ST folder that sentence_transformers.SentenceTransformer(path) loads."""
-        save_st_folder(path, self._folder)
+    def save(self, path: str | os.PathLike, training: TrainingCard | None = None) -> None:
+        """Writes an ST folder that sentence_transformers.SentenceTransformer(path) loads.
+
+        Its README.md is a model card in ST's format; `training` adds a training run's section.
+        """
+        save_st_folder(path, self._folder, training)
+
+    def write_model_card(self, path: str | os.PathLike, training: TrainingCard | None = None) -> None:
+        """Rewrites only the README.md of a folder save() wrote (once a run's test results are known, say)."""
+        write_model_card(path, self._folder, training)
 
     # -- encoding ---------------------------------------------------------------------------
 

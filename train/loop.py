@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from flaxenc import evaluation, losses, optim, sharding
 from flaxenc.encoder import SentenceEncoder, sequence_buckets
 from flaxenc.train_step import TrainStep, init_train_state, params_to_model
+from train.card import evaluation_at, evaluation_result, training_card
 from train.checkpoint import CheckpointError, Checkpoints, write_json
 from train.config import ConfigError, DatasetConfig, EvaluationConfig, LossConfig, TrainConfig, to_dict
 from train.data import BatchIterator, load_table, tokenize_table
@@ -238,6 +239,29 @@ class Run:
         self.state = self.step_fn.place_state(self.state)
         return step
 
+    # -- model cards --------------------------------------------------------------------------
+
+    def _card(self, evaluations: list, records: list, saved_step: int):
+        """The model card facts of the model saved at `saved_step` (flaxenc.io.TrainingCard)."""
+        return training_card(
+            self.config,
+            loss=self.loss,
+            rows=len(self.data),
+            steps_per_epoch=self.batches.steps_per_epoch,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            drop_last=self.batches.drop_last,
+            evaluator=self.evaluator,
+            evaluations=evaluations,
+            records=records,
+            saved_step=saved_step,
+        )
+
+    def _evaluations(self, evaluator, metrics: dict | None, step: int, split: str = "validation") -> list:
+        """[the card's record of `metrics`], or [] when there are none."""
+        epoch = step * self.accumulation / self.batches.steps_per_epoch
+        return [evaluation_result(evaluator, metrics, step, epoch, split)] if metrics else []
+
     # -- the loop -----------------------------------------------------------------------------
 
     def evaluate(self, step: int, epoch: float) -> dict[str, float]:
@@ -336,33 +360,41 @@ class Run:
         seconds = time.perf_counter() - started
 
         final_dir = self.output_dir / "final"
+        final_epoch = self.total_micro_steps / per_epoch
+        if not eval_result and self.evaluator is not None and resumed == self.total_steps:
+            eval_result = self.evaluate(self.total_steps, final_epoch)  # a finished run rerun
+            primary = self.evaluator.primary_metric
         self.encoder.model = params_to_model(self.graphdef, self.state)
         best_step = checkpoints.best_step() if self.evaluator else None
         best_dir = None
+        records = log.records if log else []
+        final_evaluations = self._evaluations(self.evaluator, eval_result, self.total_steps)
         if self.is_main:
-            self.encoder.save(final_dir)
+            self.encoder.save(final_dir, training=self._card(final_evaluations, records, self.total_steps))
             if best_step is not None and best_step != self.total_steps:
                 best_state, _ = checkpoints.restore(best_step, like=self.state)
                 self.encoder.model = params_to_model(self.graphdef, best_state)
                 best_dir = self.output_dir / "best"
-                self.encoder.save(best_dir)
+                best_evaluations = self._evaluations(self.evaluator, evaluation_at(records, best_step), best_step)
+                self.encoder.save(best_dir, training=self._card(best_evaluations, records, best_step))
                 self.encoder.model = params_to_model(self.graphdef, self.state)
             elif best_step is not None:
                 best_dir = final_dir
         checkpoints.close()
-        if not eval_result and self.evaluator is not None and resumed == self.total_steps:
-            eval_result = self.evaluate(self.total_steps, self.total_micro_steps / per_epoch)  # a finished run rerun
-            primary = self.evaluator.primary_metric
         test_result = {}
         if self.test_evaluator is not None:
             test_result = self.test_evaluator(
                 self.encoder, output_path=str(self.output_dir / "eval") if self.is_main else None,
-                epoch=int(self.total_micro_steps / per_epoch), steps=self.total_steps,
+                epoch=int(final_epoch), steps=self.total_steps,
             )
+            if self.is_main:  # final/ was saved before its test score was known: its card now carries it
+                test = self._evaluations(self.test_evaluator, test_result, self.total_steps, "test")
+                card = self._card(final_evaluations + test, records, self.total_steps)
+                self.encoder.write_model_card(final_dir, card)
         summary = Summary(
             output_dir=str(self.output_dir),
             steps=self.total_steps,
-            epochs=self.total_micro_steps / per_epoch,
+            epochs=final_epoch,
             seconds=seconds,
             pairs_per_second=steps_done * examples_per_step / seconds if steps_done else 0.0,
             final_loss=last_loss,

@@ -5,7 +5,7 @@ Reads the legacy layout (`sentence_transformers.models.Pooling`, `pooling_mode_m
 (`sentence_transformers.sentence_transformer.modules.pooling.Pooling`, `pooling_mode: "mean"`) and
 plain Hugging Face model folders (encoder + mean pooling, as ST builds them). Writes the layout
 ST 6 writes, plus `max_seq_length`/`do_lower_case` in sentence_bert_config.json, which every
-ST release reads.
+ST release reads, and a model card (README.md, flaxenc/io/model_card.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from flaxenc.io.key_tables import (
     normalize_hf_keys,
     torch_to_flax,
 )
+from flaxenc.io.model_card import ModelFacts, TrainingCard, framework_versions, render_model_card
+from flaxenc.io.st_names import architecture_text
 from flaxenc.io.weights import SAFETENSORS, find_weights, read_tensors, write_safetensors
 from flaxenc.models import BertModel, EncoderConfig, encoder_class
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, Normalize, Pooling
@@ -64,6 +66,16 @@ class STFolder:
     transformer_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     # config_sentence_transformers.json as read (prompts, similarity function).
     st_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The hub id the folder came from (its model card's base_model), when known.
+    base_model: str | None = None
+
+
+def hub_model_id(folder: Path) -> str | None:
+    """'org/name' for a folder in the Hugging Face cache (.../models--org--name/snapshots/<hash>)."""
+    for part in reversed(Path(folder).resolve().parts):
+        if part.startswith("models--"):
+            return part[len("models--") :].replace("--", "/")
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any]:
@@ -184,6 +196,7 @@ def load_st_folder(folder: str | os.PathLike, dtype: jnp.dtype = jnp.float32) ->
         do_lower_case=do_lower_case,
         transformer_config=transformer_config,
         st_config=st_config,
+        base_model=hub_model_id(folder),
     )
 
 
@@ -289,8 +302,11 @@ def _load_head(kind: str, folder: Path, dim: int, dtype) -> nnx.Module:
     return merge_params(graphdef, state, params)
 
 
-def save_st_folder(folder: str | os.PathLike, loaded: STFolder) -> None:
-    """Writes an ST folder that sentence_transformers.SentenceTransformer loads unchanged."""
+def save_st_folder(folder: str | os.PathLike, loaded: STFolder, training: TrainingCard | None = None) -> None:
+    """Writes an ST folder that sentence_transformers.SentenceTransformer loads unchanged.
+
+    README.md is its model card; `training` adds the training run's section.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = loaded.model
@@ -354,6 +370,21 @@ def save_st_folder(folder: str | os.PathLike, loaded: STFolder) -> None:
 
     st_config["__version__"] = {"flaxenc": __version__}
     _write_json(folder / "config_sentence_transformers.json", st_config)
+    write_model_card(folder, loaded, training)
+
+
+def write_model_card(folder: str | os.PathLike, loaded: STFolder, training: TrainingCard | None = None) -> None:
+    """(Re)writes the folder's README.md: ST's model card for `loaded`, with `training`'s section if given."""
+    facts = ModelFacts(
+        architecture=architecture_text(loaded.model),
+        max_seq_length=loaded.max_seq_length,
+        embedding_dimension=loaded.model.embedding_dimension,
+        similarity_fn_name=loaded.st_config.get("similarity_fn_name") or "cosine",
+        base_model=loaded.base_model,
+        path=str(folder),
+        versions=framework_versions(),
+    )
+    Path(folder, "README.md").write_text(render_model_card(facts, training), encoding="utf-8")
 
 
 def _write_json(path: Path, value: Any) -> None:

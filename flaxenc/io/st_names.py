@@ -1,0 +1,111 @@
+"""What sentence-transformers calls flaxenc's objects: module reprs and loss configs, as ST prints them.
+
+`architecture_text(model)` is `str(SentenceTransformer(folder))` for the folder flaxenc saves of `model`
+(ST 6's Module.__repr__: `Kind(get_config_dict())`); `st_loss_config(loss)` is ST's class name and
+get_config_dict() for a flaxenc loss. Model cards show both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flaxenc import losses
+from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, Normalize
+
+# The class AutoModel builds for each model_type: ST's Transformer repr names it.
+AUTO_MODEL_CLASSES = {
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "camembert": "CamembertModel",
+}
+# ST's text-only feature-extraction Transformer config (base/modules/transformer.py get_config_dict).
+_TRANSFORMER_CONFIG = {
+    "transformer_task": "feature-extraction",
+    "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+    "module_output_name": "token_embeddings",
+}
+_IO_NAMES = {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}
+
+
+def module_repr(module) -> str:
+    """ST's repr of one module after the transformer: `Kind({config})` (base/modules/module.py)."""
+    if isinstance(module, Dense):
+        config = {
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "bias": module.bias,
+            "activation_function": module.activation_function,
+            **_IO_NAMES,
+        }
+        if module.use_residual:  # ST drops use_residual at its default
+            config["use_residual"] = True
+        return f"Dense({config})"
+    if isinstance(module, Dropout):
+        return f"Dropout({ {'dropout': module.rate} })"
+    if isinstance(module, EmbeddingLayerNorm):
+        return f"LayerNorm({ {'dimension': module.dimension} })"
+    if isinstance(module, Normalize):
+        return f"Normalize({_IO_NAMES})"
+    raise TypeError(f"no ST name for module {type(module).__name__}")
+
+
+def architecture_text(model) -> str:
+    """What `str(SentenceTransformer(folder))` prints for the folder save_st_folder writes of `model`."""
+    transformer = {**_TRANSFORMER_CONFIG, "architecture": AUTO_MODEL_CLASSES[model.transformer.config.model_type]}
+    pooling = model.pooling
+    modes = pooling.modes[0] if len(pooling.modes) == 1 else tuple(pooling.modes)
+    pooling_config = {
+        "embedding_dimension": pooling.embedding_dimension,
+        "pooling_mode": modes,
+        "include_prompt": pooling.include_prompt,
+    }
+    modules = [f"Transformer({transformer})", f"Pooling({pooling_config})", *map(module_repr, model.heads)]
+    lines = [f"  ({index}): {text}" for index, text in enumerate(modules)]
+    return "SentenceTransformer(\n" + "\n".join(lines) + "\n)"
+
+
+
+def st_loss_config(loss: losses._Loss) -> tuple[str, dict[str, Any]]:
+    """The loss's ST class name and ST's get_config_dict() for it (sentence_transformer/losses/*.py)."""
+    siamese = {"euclidean": "EUCLIDEAN", "manhattan": "MANHATTAN", "cosine_distance": "COSINE_DISTANCE"}
+    triplet = {"euclidean": "EUCLIDEAN", "manhattan": "MANHATTAN", "cosine": "COSINE"}
+    if isinstance(loss, losses.CosineSimilarityLoss):
+        loss_fct = {"mse": "MSELoss", "l1": "L1Loss"}[loss.loss_fct]
+        config = {
+            "loss_fct": f"torch.nn.modules.loss.{loss_fct}",
+            "cos_score_transformation": "torch.nn.modules.linear.Identity",
+        }
+    elif isinstance(loss, losses.ContrastiveLoss):
+        metric = f"SiameseDistanceMetric.{siamese[loss.distance_metric]}"
+        config = {"distance_metric": metric, "margin": loss.margin, "size_average": loss.size_average}
+    elif isinstance(loss, losses.OnlineContrastiveLoss):
+        config = {"distance_metric": f"SiameseDistanceMetric.{siamese[loss.distance_metric]}", "margin": loss.margin}
+    elif isinstance(loss, losses.MultipleNegativesRankingLoss):
+        config = {
+            "scale": loss.scale,
+            "similarity_fct": "cos_sim",
+            "gather_across_devices": True,  # under jax.jit the loss sees the global batch
+            "directions": loss.directions,
+            "partition_mode": loss.partition_mode,
+            "hardness_mode": loss.hardness_mode,
+            "hardness_strength": loss.hardness_strength,
+        }
+    elif isinstance(loss, (losses.CoSENTLoss, losses.AnglELoss)):
+        similarity = "pairwise_angle_sim" if isinstance(loss, losses.AnglELoss) else "pairwise_cos_sim"
+        config = {"scale": loss.scale, "similarity_fct": similarity}
+    elif isinstance(loss, losses.TripletLoss):
+        metric = f"TripletDistanceMetric.{triplet[loss.distance_metric]}"
+        config = {"distance_metric": metric, "triplet_margin": loss.triplet_margin}
+    elif isinstance(loss, losses.MSELoss):
+        config = {"projection_dim": None}
+    elif isinstance(loss, losses.MatryoshkaLoss):
+        config = {
+            "loss": type(loss.loss).__name__,
+            "matryoshka_dims": loss.matryoshka_dims,
+            "matryoshka_weights": loss.matryoshka_weights,
+            "n_dims_per_step": loss.n_dims_per_step,
+        }
+    else:
+        raise TypeError(f"no model card entry for loss {type(loss).__name__}")
+    return type(loss).__name__, config
