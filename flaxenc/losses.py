@@ -291,6 +291,8 @@ class _Loss:
 
     name: ClassVar[str]
     takes_labels: ClassVar[bool] = True
+    # The labels the loss is meant for: a (low, high) range, a set of allowed values, or None for any.
+    label_range: ClassVar[tuple[float, float] | frozenset[float] | None] = None
 
     def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None) -> jax.Array:
         raise NotImplementedError
@@ -307,6 +309,7 @@ def _columns(embeddings: Sequence[jax.Array], expected: int | None, loss_name: s
 @dataclasses.dataclass(frozen=True)
 class CosineSimilarityLoss(_Loss):
     name: ClassVar[str] = "cosine_similarity"
+    label_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # compared with a cosine similarity
     # "mse" (ST's default nn.MSELoss) or "l1" (nn.L1Loss); cos_score_transformation is the identity
     loss_fct: str = "mse"
 
@@ -320,6 +323,7 @@ class CosineSimilarityLoss(_Loss):
 @dataclasses.dataclass(frozen=True)
 class ContrastiveLoss(_Loss):
     name: ClassVar[str] = "contrastive"
+    label_range: ClassVar[frozenset[float]] = frozenset({0.0, 1.0})  # 1: similar pair, 0: dissimilar
     # ST's default is SiameseDistanceMetric.COSINE_DISTANCE; also "euclidean", "manhattan"
     distance_metric: str = "cosine_distance"
     margin: float = 0.5
@@ -337,6 +341,7 @@ class ContrastiveLoss(_Loss):
 @dataclasses.dataclass(frozen=True)
 class OnlineContrastiveLoss(_Loss):
     name: ClassVar[str] = "online_contrastive"
+    label_range: ClassVar[frozenset[float]] = frozenset({0.0, 1.0})
     distance_metric: str = "cosine_distance"
     margin: float = 0.5
 
@@ -465,6 +470,10 @@ class MatryoshkaLoss(_Loss):
     @property
     def takes_labels(self) -> bool:  # type: ignore[override]
         return self.loss.takes_labels
+
+    @property
+    def label_range(self):  # type: ignore[override]
+        return self.loss.label_range
 
     def __call__(self, embeddings, labels, *, key: jax.Array | None = None):
         embeddings = [_as_float32(e) for e in embeddings]
