@@ -309,6 +309,8 @@ class _Loss:
     name: ClassVar[str]
     takes_labels: ClassVar[bool] = True
     needs_key: ClassVar[bool] = False
+    # The labels the loss is meant for: a (low, high) range, a set of allowed values, or None for any.
+    label_range: ClassVar[tuple[float, float] | frozenset[float] | None] = None
 
     def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None) -> jax.Array:
         raise NotImplementedError
@@ -325,6 +327,7 @@ def _columns(embeddings: Sequence[jax.Array], expected: int | None, loss_name: s
 @dataclasses.dataclass(frozen=True)
 class CosineSimilarityLoss(_Loss):
     name: ClassVar[str] = "cosine_similarity"
+    label_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # compared with a cosine similarity
     # "mse" (ST's default nn.MSELoss) or "l1" (nn.L1Loss); cos_score_transformation is the identity
     loss_fct: str = "mse"
 
@@ -338,6 +341,7 @@ class CosineSimilarityLoss(_Loss):
 @dataclasses.dataclass(frozen=True)
 class ContrastiveLoss(_Loss):
     name: ClassVar[str] = "contrastive"
+    label_range: ClassVar[frozenset[float]] = frozenset({0.0, 1.0})  # 1: similar pair, 0: dissimilar
     # ST's default is SiameseDistanceMetric.COSINE_DISTANCE; also "euclidean", "manhattan"
     distance_metric: str = "cosine_distance"
     margin: float = 0.5
@@ -355,6 +359,7 @@ class ContrastiveLoss(_Loss):
 @dataclasses.dataclass(frozen=True)
 class OnlineContrastiveLoss(_Loss):
     name: ClassVar[str] = "online_contrastive"
+    label_range: ClassVar[frozenset[float]] = frozenset({0.0, 1.0})
     distance_metric: str = "cosine_distance"
     margin: float = 0.5
 
@@ -487,6 +492,10 @@ class MatryoshkaLoss(_Loss):
     @property
     def needs_key(self) -> bool:  # type: ignore[override]
         return 0 < self.n_dims_per_step < len(self.matryoshka_dims) or self.loss.needs_key
+
+    @property
+    def label_range(self):  # type: ignore[override]
+        return self.loss.label_range
 
     def chosen_dims(self, key: jax.Array) -> jax.Array:
         """[len(matryoshka_dims)] bool: the dims trained this step with n_dims_per_step, drawn from `key`."""

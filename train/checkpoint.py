@@ -1,14 +1,16 @@
 """Resumable checkpoints with orbax's CheckpointManager.
 
 Each checkpoint holds the training state (step, parameters, optimizer state, RNG) and a JSON
-record of where the run stood: the data position (epoch, step in epoch), the optimizer step and the
-evaluator's primary metric. The newest `keep` checkpoints are kept, plus the best by that metric.
+record of where the run stood: the data position (epoch, step in epoch), the optimizer step, the
+evaluator's primary metric and the run's training-relevant config with its data fingerprint (under
+"run"; a resumed run is compared with it). The newest `keep` checkpoints are kept, plus the best by that metric.
 A checkpoint that cannot be read, or does not fit the run, is an error; it is never skipped.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from flaxenc.train_step import TrainState
+from train.output import disk_full, held_stderr
 
 
 class CheckpointError(RuntimeError):
@@ -24,10 +27,10 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpoints:
-    def __init__(self, directory: str | Path, keep: int = 2):
+    def __init__(self, directory: str | Path, keep: int = 2, create: bool = True):
         self.directory = Path(directory).absolute()
         self.keep = max(1, keep)
-        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "position"))
 
     @property
@@ -41,8 +44,21 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, position: dict[str, Any]) -> None:
         """Saves at optimizer step `step`; position: epoch, step_in_epoch, metric (or None), ..."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position))
-        self._manager.save(step, args=args, force=True)
-        self._manager.wait_until_finished()
+        path = self.directory / str(step)
+        try:
+            with held_stderr():  # a failed write floods stderr from orbax's and tensorstore's threads
+                self._manager.save(step, args=args, force=True)
+                self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 (orbax, tensorstore, the filesystem): one line naming the checkpoint
+            # Its unfinished writes are logged again when their tasks are collected: this error reports them.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
+            full = disk_full(error, path, needed)
+            if full is not None:
+                raise full from None
+            raise CheckpointError(
+                f"{path}: writing the checkpoint failed ({type(error).__name__}: {str(error).strip()[:300]})"
+            ) from None
         self._prune()
 
     def position(self, step: int) -> dict[str, Any]:

@@ -1,10 +1,15 @@
-"""`flaxenc-train CONFIG.yaml [key=value ...]`: validate the config, then train (or resume) a model."""
+"""`flaxenc-train CONFIG.yaml [key=value ...]`: validate the config, then train (or resume) a model.
+
+Exit status: 0 done, 2 a user error (config, data, model folder, output folder, checkpoint, disk), 3 the
+training diverged. User errors are one line on stderr, without a traceback (`--debug` prints it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 
 from train.huge_pages import relaunch_with_huge_pages
 
@@ -15,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.checkpoint import CheckpointError
     from train.config import ConfigError, load_config, to_dict
     from train.loop import TrainingDiverged, train
+    from train.output import OutputError
 
     parser = argparse.ArgumentParser(
         prog="flaxenc-train",
@@ -25,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, with dotted keys and YAML values")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -36,17 +43,27 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
             return 0
         summary = train(config, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, FileNotFoundError) as error:
-        print(f"flaxenc-train: error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # bad data: a missing column, an empty table, a non-numeric label
-        print(f"flaxenc-train: error: {error}", file=sys.stderr)
+    # ValueError: bad data (a missing column, an empty table, a label out of range) or model folder;
+    # OSError: the filesystem (a missing, unreadable or unwritable file), named by the error.
+    except (ConfigError, CheckpointError, OutputError, ValueError, OSError) as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"flaxenc-train: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
+        if args.debug:
+            traceback.print_exc()
         print(f"flaxenc-train: stopped: {error}", file=sys.stderr)
         return 3
     print(summary)
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The message, with the file an OSError names when its text does not (e.g. "[Errno 13] Permission denied")."""
+    if isinstance(error, OSError) and error.filename and error.strerror and str(error.filename) not in error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error).strip() or type(error).__name__
 
 
 if __name__ == "__main__":

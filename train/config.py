@@ -1,12 +1,16 @@
 """Run configuration: YAML files and `key=value` overrides, validated into frozen dataclasses.
 
 One dataclass a section; a comment above each field; defaults follow sentence-transformers.
-An unknown or mistyped key, or a value of the wrong type, is an error that names it.
+Each field declares its allowed range or choices beside its comment (`_field(..., allowed=...)`),
+and whether a resumed run may change it (`resume=False`: it does not change what is trained).
+An unknown or mistyped key, a value of the wrong type or out of its range is an error naming
+the key, the value and what is allowed; `validate` checks every field before anything is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -17,14 +21,46 @@ import yaml
 
 
 @dataclasses.dataclass(frozen=True)
+class Range:
+    """Numbers from low to high (None: unbounded); *_open excludes that end. NaN and infinity are never in it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Range(0, low_open=True), Range(0), Range(1)
+BELOW_ONE = Range(0, 1, high_open=True)  # [0, 1): dropout rates, Adam betas
+
+
+def _field(default: Any = dataclasses.MISSING, *, allowed: Range | tuple | None = None, resume: bool = True, **kwargs):
+    """A dataclass field with its allowed values (a Range, or a tuple of choices) and whether resume compares it."""
+    return dataclasses.field(default=default, metadata={"allowed": allowed, "resume": resume}, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """One table of examples: a local csv/tsv/json/jsonl/parquet file or a hub dataset (online)."""
 
     # File path (relative paths resolve against the config file's folder, then the working
     # directory; "${FLAXENC_DATA}/..." expands) or a hub dataset name.
-    path: str = ""
+    # Resume compares a sha256 of the file's contents, not its path.
+    path: str = _field("", resume=False)
     # csv, tsv, json, jsonl, parquet or hub; empty: from the file extension, else hub.
-    format: str = ""
+    format: str = _field("", allowed=("", "csv", "tsv", "json", "jsonl", "parquet", "hub"))
     # Hub split, or the split name given to a local file.
     split: str = "train"
     # Hub configuration name (e.g. "pair-score").
@@ -36,9 +72,9 @@ class DatasetConfig:
     # Label column (score or binary label); None for losses without labels.
     label_column: str | None = "score"
     # Labels are divided by this (5.0 maps STS-B's 0..5 scores onto 0..1).
-    label_scale: float = 1.0
+    label_scale: float = _field(1.0, allowed=POSITIVE)
     # Use only the first N rows (0: all).
-    limit: int = 0
+    limit: int = _field(0, allowed=NON_NEGATIVE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +82,17 @@ class ModuleConfig:
     """One module after the transformer, as ST names them."""
 
     # pooling, dense, dropout, normalize or layer_norm.
-    type: str = "pooling"
+    type: str = _field("pooling", allowed=("pooling", "dense", "dropout", "normalize", "layer_norm"))
     # pooling: one of ST's modes, or several joined by "+" ("cls+mean").
     mode: str = "mean"
     # pooling: False drops prompt tokens from pooling.
     include_prompt: bool = True
     # dense: output size, activation (torch class name: Tanh, ReLU, Identity, ...), bias.
-    out_features: int = 0
+    out_features: int = _field(0, allowed=NON_NEGATIVE)
     activation: str = "Tanh"
     bias: bool = True
-    # dropout: rate.
-    rate: float = 0.1
+    # dropout: rate (torch.nn.Dropout takes [0, 1]; 1 would zero every embedding).
+    rate: float = _field(0.1, allowed=BELOW_ONE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +105,11 @@ class ModelConfig:
     new_config: dict[str, Any] | str | None = None
     new_tokenizer: str | None = None
     # Truncation length; None keeps the folder's.
-    max_seq_length: int | None = None
+    max_seq_length: int | None = _field(None, allowed=AT_LEAST_ONE)
     # Modules after the transformer, replacing the folder's; empty keeps the folder's.
     modules: tuple[ModuleConfig, ...] = ()
     # Compute dtype: float32 or bfloat16 (parameters stay float32).
-    dtype: str = "float32"
+    dtype: str = _field("float32", allowed=("float32", "bfloat16"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +122,7 @@ class DataConfig:
     drop_last: bool = False
     # Pack each batch's sentences into shared rows (flaxenc.packing): the same embeddings and
     # gradients as padding each one, on a fraction of the tokens. Single-process runs only.
-    packing: bool = True
+    packing: bool = _field(True, resume=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,30 +136,32 @@ class LossConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     # AdamW peak learning rate.
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
+    learning_rate: float = _field(2e-5, allowed=POSITIVE)
+    weight_decay: float = _field(0.01, allowed=NON_NEGATIVE)
     # Clip gradients to this global norm (0: no clipping).
-    max_grad_norm: float = 1.0
-    # constantlr, warmupconstant, warmuplinear, warmupcosine, warmupcosinewithhardrestarts.
-    scheduler: str = "warmuplinear"
+    max_grad_norm: float = _field(1.0, allowed=NON_NEGATIVE)
+    # constantlr, warmupconstant, warmuplinear, warmupcosine, warmupcosinewithhardrestarts (any case).
+    scheduler: str = _field(
+        "warmuplinear", allowed=("constantlr", "warmupconstant", "warmuplinear", "warmupcosine", "warmupcosinewithhardrestarts")
+    )
     # Warmup in optimizer steps; warmup_ratio (of all steps) is used when warmup_steps is None.
-    warmup_steps: int | None = None
-    warmup_ratio: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    warmup_steps: int | None = _field(None, allowed=NON_NEGATIVE)
+    warmup_ratio: float = _field(0.0, allowed=Range(0, 1))
+    adam_beta1: float = _field(0.9, allowed=BELOW_ONE)
+    adam_beta2: float = _field(0.999, allowed=BELOW_ONE)
+    adam_epsilon: float = _field(1e-8, allowed=POSITIVE)
     # Micro-batches a step (gradient accumulation).
-    accumulation_steps: int = 1
+    accumulation_steps: int = _field(1, allowed=AT_LEAST_ONE)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     # A name from flaxenc.evaluation.EVALUATORS, or empty for none.
-    evaluator: str = ""
+    evaluator: str = _field("", allowed=("", "embedding_similarity", "binary_classification", "triplet"))
     data: DatasetConfig = DatasetConfig(split="validation")
     # Evaluate every N optimizer steps (0: only at the end of each epoch).
-    every_steps: int = 0
-    batch_size: int = 64
+    every_steps: int = _field(0, allowed=NON_NEGATIVE)
+    batch_size: int = _field(64, allowed=AT_LEAST_ONE)
     # A held-out table the same evaluator scores once, with the final model (e.g. STS-B test).
     test_data: DatasetConfig | None = None
 
@@ -131,9 +169,9 @@ class EvaluationConfig:
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     # Save every N optimizer steps (0: only at the end).
-    every_steps: int = 500
+    every_steps: int = _field(500, allowed=NON_NEGATIVE)
     # Keep the newest K checkpoints (plus the best by the evaluator's primary metric).
-    keep: int = 2
+    keep: int = _field(2, allowed=AT_LEAST_ONE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,28 +180,73 @@ class TrainConfig:
     data: DataConfig = DataConfig()
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    # Output folder: checkpoints, metrics, plots and the final ST model.
-    output_dir: str = "output/run"
-    batch_size: int = 32
-    epochs: int = 1
+    # Evaluation and checkpoint settings may change on resume: they do not change what is trained.
+    evaluation: EvaluationConfig = dataclasses.field(default=EvaluationConfig(), metadata={"resume": False})
+    checkpoint: CheckpointConfig = dataclasses.field(default=CheckpointConfig(), metadata={"resume": False})
+    # Output folder: checkpoints, metrics, plots and the final ST model; nothing is written outside
+    # it. A new or empty folder, or one a flaxenc run made; never empty ("" is refused).
+    output_dir: str = _field("output/run", resume=False)
+    batch_size: int = _field(32, allowed=AT_LEAST_ONE)
+    epochs: int = _field(1, allowed=AT_LEAST_ONE)
     # Stop after this many optimizer steps (0: run all epochs).
-    max_steps: int = 0
-    seed: int = 42
+    max_steps: int = _field(0, allowed=NON_NEGATIVE)
+    # numpy's generators take non-negative seeds.
+    seed: int = _field(42, allowed=NON_NEGATIVE)
     # Use dropout while training (False: deterministic, as the parity tests run).
     dropout: bool = True
     # Devices of the data mesh: 0 for all; FSDP-shard parameters and optimizer state.
-    devices: int = 0
-    fsdp: bool = False
+    devices: int = _field(0, allowed=NON_NEGATIVE, resume=False)
+    fsdp: bool = _field(False, resume=False)
     # Log metrics every N steps.
-    log_every: int = 10
-    # Continue from the newest checkpoint in output_dir when there is one.
-    resume: bool = True
+    log_every: int = _field(10, allowed=AT_LEAST_ONE, resume=False)
+    # Continue from the newest checkpoint in output_dir when there is one; the training-relevant
+    # config (every field not marked resume=False, and the data file's contents) must not have changed.
+    resume: bool = _field(True, resume=False)
 
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
+
+
+def _check_value(value: Any, allowed: Range | tuple, key: str) -> None:
+    if isinstance(allowed, Range):
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+    elif (value.lower() if isinstance(value, str) else value) not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def validate(config: Any, prefix: str = "") -> None:
+    """Checks every field of `config` (and its sections) against its declared range or choices."""
+    for field in dataclasses.fields(config):
+        key = f"{prefix}.{field.name}" if prefix else field.name
+        value = getattr(config, field.name)
+        allowed = field.metadata.get("allowed")
+        if allowed is not None and value is not None:
+            _check_value(value, allowed, key)
+        if dataclasses.is_dataclass(value):
+            validate(value, key)
+        elif isinstance(value, tuple):
+            for index, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    validate(item, f"{key}[{index}]")
+    if not prefix and not str(config.output_dir).strip():
+        raise ConfigError("output_dir: empty; name the folder the run writes (e.g. output_dir=output/run)")
+
+
+def resume_keys(config: Any, prefix: str = "") -> dict[str, Any]:
+    """The training-relevant fields, flattened to dotted keys: those a resumed run must not change."""
+    keys: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        if not field.metadata.get("resume", True):
+            continue
+        key = f"{prefix}.{field.name}" if prefix else field.name
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            keys.update(resume_keys(value, key))
+        else:
+            keys[key] = to_dict(value)
+    return keys
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -284,7 +367,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
         _set(tree, keys, value)
     tree = _expand(tree, folder)
     try:
-        return build(TrainConfig, tree)
+        config = build(TrainConfig, tree)
+        validate(config)
+        return config
     except ConfigError as error:
         raise ConfigError(f"{path or 'config'}: {error}") from None
 
@@ -294,8 +379,10 @@ def to_dict(config) -> dict[str, Any]:
     def plain(value):
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, tuple):
+        if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(config)

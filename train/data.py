@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import queue
@@ -47,8 +48,13 @@ def _read_delimited(path: str, tsv: bool, header: bool) -> datasets.Dataset:
     # (STS-B has lines with two extra trailing columns), and tsv must be read with quoting off
     # (STS-B and MRPC sentences contain unbalanced quote characters). utf-8-sig drops MRPC's BOM.
     options = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = [row for row in csv.reader(f, **options) if row]  # blank lines carry no example
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = [row for row in csv.reader(f, **options) if row]  # blank lines carry no example
+    except UnicodeDecodeError as error:
+        raise ValueError(_not_utf8(path, error)) from None
+    except csv.Error as error:
+        raise ValueError(f"{path}: not a readable {'tsv' if tsv else 'csv'} file ({error}); check the format and quoting") from None
     if not rows:
         raise ValueError(f"{path}: the file is empty")
     names = rows.pop(0) if header else [str(i) for i in range(len(rows[0]))]
@@ -57,6 +63,77 @@ def _read_delimited(path: str, tsv: bool, header: bool) -> datasets.Dataset:
             raise ValueError(f"{path}, line {line}: {len(row)} columns, expected {len(names)} ({', '.join(names)})")
     # Extra trailing columns past the header's (or first row's) width are dropped.
     return datasets.Dataset.from_dict({name: [row[i] for row in rows] for i, name in enumerate(names)})
+
+
+def _not_utf8(path: str, error: UnicodeDecodeError) -> str:
+    """A one-line message naming the file, the first line that is not UTF-8 and how to convert it."""
+    line = None
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as found:
+                line, error = number, found
+                break
+    where = f"{path}, line {line}" if line else path
+    byte = error.object[error.start : error.start + 1].hex()
+    return (
+        f"{where}: not UTF-8 text (byte 0x{byte}); data files must be UTF-8: convert it, e.g. "
+        f"`iconv -f latin1 -t utf-8 {Path(path).name} > {Path(path).stem}.utf8{Path(path).suffix}`"
+    )
+
+
+def _json_problem(path: str) -> str:
+    """Where a json/jsonl file stops parsing: its first bad line (jsonl) or position (json)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        return _not_utf8(path, error)
+    stripped = text.lstrip()
+    if stripped.startswith("[") or (stripped.startswith("{") and "\n{" not in stripped):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"{path}, line {error.lineno}: not valid JSON ({error.msg}); fix or remove that record"
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if raw.strip():
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as error:
+                return f"{path}, line {line}: not valid JSON ({error.msg}); fix or remove that record (a truncated write?)"
+            if not isinstance(record, dict):
+                return f"{path}, line {line}: expected a JSON object of columns, got {type(record).__name__}"
+    return ""
+
+
+def _load_file(path: str, fmt: str) -> datasets.Dataset:
+    """datasets' json or parquet reader; its errors become one line naming the file (and line)."""
+    verbosity, bars = datasets.logging.get_verbosity(), datasets.utils.are_progress_bars_disabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader logs the failure itself
+    datasets.utils.disable_progress_bars()
+    try:
+        return datasets.load_dataset(fmt, data_files=path, split="train")
+    except Exception as error:  # noqa: BLE001 (datasets and pyarrow raise many kinds)
+        problem = _json_problem(path) if fmt == "json" else ""
+        if not problem:
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            problem = f"{path}: not a readable {fmt} file ({reason}); check that it is a complete {fmt} file"
+        raise ValueError(problem) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if not bars:
+            datasets.utils.enable_progress_bars()
+
+
+def file_sha256(path: str) -> str:
+    """A sha256 of a file's bytes: the data fingerprint a resumed run is compared by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _load_hub(spec: DatasetConfig) -> datasets.Dataset:
@@ -90,7 +167,7 @@ def load_table(spec: DatasetConfig) -> datasets.Dataset:
     elif fmt in ("csv", "tsv"):
         table = _read_delimited(spec.path, fmt == "tsv", spec.header)
     else:
-        table = datasets.load_dataset(fmt, data_files=spec.path, split="train")
+        table = _load_file(spec.path, fmt)
     where = f"{spec.path}" + (f" ({spec.name}, {spec.split})" if fmt == "hub" else "")
     if len(set(spec.text_columns)) != len(spec.text_columns) or not spec.text_columns:
         raise ValueError(f"{where}: text_columns must name one or more distinct columns, got {spec.text_columns}")
@@ -119,13 +196,37 @@ def load_table(spec: DatasetConfig) -> datasets.Dataset:
             labels = np.asarray(values, dtype=np.float64)  # parses csv/tsv strings too; None -> nan
         except (TypeError, ValueError):
             labels = np.asarray([_number(value) for value in values])
-        bad = np.flatnonzero(np.isnan(labels))
+        bad = np.flatnonzero(~np.isfinite(labels))
         if len(bad):
             row = int(bad[0])
-            raise ValueError(f"{where}: row {row} has no numeric label in {spec.label_column!r}: {values[row]!r}")
+            kind = "an infinite" if np.isinf(labels[row]) else "no numeric"
+            raise ValueError(f"{where}: row {row} has {kind} label in {spec.label_column!r}: {values[row]!r}")
         columns["label"] = (labels / spec.label_scale).astype(np.float32)
         features["label"] = datasets.Value("float32")
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def check_label_range(table: datasets.Dataset, spec: DatasetConfig, label_range, loss_name: str) -> None:
+    """Labels (after label_scale) outside what the loss expects: a ValueError naming the row and label_scale."""
+    if label_range is None or "label" not in table.column_names:
+        return
+    labels = np.asarray(table["label"][:], np.float64)
+    if isinstance(label_range, (set, frozenset)):
+        outside = ~np.isin(labels, sorted(label_range))
+        expected = " or ".join(f"{value:g}" for value in sorted(label_range))
+    else:
+        low, high = label_range
+        tolerance = 1e-6 * max(1.0, abs(low), abs(high))  # labels are float32 after scaling
+        outside = (labels < low - tolerance) | (labels > high + tolerance)
+        expected = f"in {low:g}..{high:g}"
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        scaled = f" (after label_scale {spec.label_scale:g})" if spec.label_scale != 1 else ""
+        raise ValueError(
+            f"{spec.path}: row {row} has label {labels[row]:g}{scaled} in {spec.label_column!r}; loss {loss_name!r} "
+            f"expects labels {expected} ({int(outside.sum())} rows are outside). Scale the labels with "
+            f"data.train.label_scale (e.g. 5.0 maps STS-B's 0..5 scores onto 0..1) or choose another loss"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,20 +264,19 @@ def tokenize_table(
     text_columns: Sequence[str],
     cache_dir: str | os.PathLike | None = None,
     cache_key: str = "",
+    write_cache: bool = True,
 ) -> TokenizedTable:
     """Token ids of `text_columns`, tokenized once; with cache_dir, saved there and reused on reruns.
 
     cache_key names the tokenizer (its name or a hash of it, plus max_seq_length): the cache file is
     keyed by it and by a hash of the texts, so another tokenizer or other data never reads a stale file.
+    write_cache=False only reads the cache; `save_tokens(tokens, token_cache_path(...))` writes it later.
     """
     text_columns = tuple(text_columns)
     labels = np.asarray(table["label"][:], np.float32) if "label" in table.column_names else None
     path = None
     if cache_dir is not None:
-        if not cache_key:
-            raise ValueError("tokenize_table: a cache_dir needs a cache_key naming the tokenizer and max_seq_length")
-        key = hashlib.sha256(f"{cache_key}\x1f{_text_fingerprint(table, text_columns)}".encode()).hexdigest()[:24]
-        path = Path(cache_dir) / f"tokens-{key}.npz"
+        path = token_cache_path(table, text_columns, cache_dir, cache_key)
         if path.is_file():
             with np.load(path) as cached:
                 ids = tuple(cached[f"ids{i}"] for i in range(len(text_columns)))
@@ -197,13 +297,28 @@ def tokenize_table(
         ids.append(np.asarray(lists.flatten(), dtype=np.int32))
         offsets.append(np.concatenate([[0], np.cumsum(np.asarray(lists.value_lengths(), dtype=np.int64))]))
     result = TokenizedTable(text_columns, tuple(ids), tuple(offsets), labels)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")  # write then rename: readers never see half a file
-        arrays = {f"ids{i}": a for i, a in enumerate(ids)} | {f"offsets{i}": o for i, o in enumerate(offsets)}
-        np.savez(partial, **arrays)
-        os.replace(partial, path)
+    if path is not None and write_cache:
+        save_tokens(result, path)
     return result
+
+
+def token_cache_path(
+    table: datasets.Dataset, text_columns: Sequence[str], cache_dir: str | os.PathLike, cache_key: str
+) -> Path:
+    """The cache file of these texts under this tokenizer (cache_key)."""
+    if not cache_key:
+        raise ValueError("tokenize_table: a cache_dir needs a cache_key naming the tokenizer and max_seq_length")
+    key = hashlib.sha256(f"{cache_key}\x1f{_text_fingerprint(table, tuple(text_columns))}".encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"tokens-{key}.npz"
+
+
+def save_tokens(tokens: TokenizedTable, path: Path) -> None:
+    """Writes the token cache file, then renames it into place: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    arrays = {f"ids{i}": a for i, a in enumerate(tokens.ids)} | {f"offsets{i}": o for i, o in enumerate(tokens.offsets)}
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
 
 
 class BatchIterator:

@@ -4,14 +4,20 @@ The loop keeps the device busy: batches are padded on a background thread, steps
 without waiting, and metrics are fetched only every `log_every` steps (a NaN is then traced back to
 its step). The data order is a function of (seed, epoch) and dropout keys of (seed, step), so a
 run resumed from a checkpoint takes exactly the steps the interrupted run would have taken.
+
+Everything is checked before the output folder is written: the config's ranges, the model, the data,
+the labels against the loss, and, when checkpoints exist, that the training-relevant config saved
+with them equals this run's. Then the folder is locked for the run, and models are saved atomically.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +32,28 @@ from flaxenc.encoder import SentenceEncoder, sequence_buckets
 from flaxenc.train_step import TrainStep, init_train_state, params_to_model
 from train.card import evaluation_at, evaluation_result, training_card
 from train.checkpoint import CheckpointError, Checkpoints, write_json
-from train.config import ConfigError, DatasetConfig, EvaluationConfig, LossConfig, TrainConfig, to_dict
-from train.data import BatchIterator, load_table, tokenize_table
+from train.config import (
+    ConfigError,
+    DatasetConfig,
+    EvaluationConfig,
+    LossConfig,
+    TrainConfig,
+    resume_keys,
+    to_dict,
+    validate,
+)
+from train.data import (
+    BatchIterator,
+    check_label_range,
+    file_sha256,
+    load_table,
+    save_tokens,
+    token_cache_path,
+    tokenize_table,
+)
 from train.logs import RunLog
 from train.model import build_encoder
+from train.output import MARKER_NAME, RunLock, atomic_save, check_output_dir, remove_partial_saves
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +78,13 @@ class Summary:
     primary_metric: str | None = None
     test: dict[str, float] = dataclasses.field(default_factory=dict)
     test_primary_metric: str | None = None
+    # True when the run had finished before: nothing was trained, this is its saved summary.
+    already_finished: bool = False
 
     def __str__(self) -> str:
-        lines = [
+        lines = [f"This run had already finished, nothing to do; its summary ({self.output_dir}/summary.json):"] * int(
+            self.already_finished
+        ) + [
             f"Trained {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f} s, "
             f"{self.pairs_per_second:.1f} examples/s" + (f", resumed from step {self.resumed_from}" if self.resumed_from else ""),
             f"  final training loss: {self.final_loss:.6g}" if self.final_loss is not None else "  no step taken",
@@ -130,6 +158,8 @@ class Run:
         self.output_dir = Path(config.output_dir)
         self.is_main = jax.process_index() == 0
         self._validate()
+        if self.is_main:
+            check_output_dir(self.output_dir)  # a file, foreign files, not writable, or in use: refused now
         self.mesh = _mesh(config.devices)
         self.encoder = build_encoder(config.model, config.seed)
         self.loss = build_loss(config.loss)
@@ -137,9 +167,12 @@ class Run:
         self.test_evaluator = build_evaluator(config.evaluation, config.evaluation.test_data) if config.evaluation.test_data else None
         self._prepare_data()
         self._prepare_optimizer()
+        self.run_record = {**resume_keys(config), "data.train.source": self._data_source()}
+        self._check_resumable()
 
     def _validate(self) -> None:
         config = self.config
+        validate(config)
         for key in ("batch_size", "epochs", "log_every"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(config, key)}")
@@ -153,9 +186,13 @@ class Run:
         if self.loss.takes_labels and spec.label_column is None:
             raise ConfigError(f"data.train.label_column: loss {config.loss.name!r} needs labels")
         table = load_table(spec if self.loss.takes_labels else dataclasses.replace(spec, label_column=None))
+        check_label_range(table, spec, self.loss.label_range, config.loss.name)
+        cache_key = _tokenizer_key(self.encoder)
+        # Read the token cache only: nothing is written before every check has passed (train() saves it).
         self.data = tokenize_table(
-            table, self.encoder.tokenize, spec.text_columns, cache_dir=self.output_dir / "cache", cache_key=_tokenizer_key(self.encoder)
+            table, self.encoder.tokenize, spec.text_columns, self.output_dir / "cache", cache_key, write_cache=False
         )
+        self._token_cache = token_cache_path(table, spec.text_columns, self.output_dir / "cache", cache_key)
         devices, processes = self.mesh.size, jax.process_count()
         remainder = len(self.data) % config.batch_size
         # A short last batch must still split evenly over the devices; otherwise drop it.
@@ -204,6 +241,61 @@ class Run:
 
     # -- resuming ---------------------------------------------------------------------------
 
+    def _data_source(self) -> str:
+        """The training data's fingerprint: a sha256 of a local file's bytes, else the hub name."""
+        spec = self.config.data.train
+        if os.path.isfile(spec.path):
+            return f"sha256:{file_sha256(spec.path)}"
+        return f"hub:{spec.path}"
+
+    def _check_resumable(self) -> None:
+        """Refuses checkpoints of another run (or resume=false with checkpoints), reading only."""
+        directory = self.output_dir / "checkpoints"
+        if not directory.is_dir():
+            return
+        checkpoints = Checkpoints(directory, create=False)
+        try:
+            step = checkpoints.latest_step()
+            if step is None:
+                return
+            if not self.config.resume:
+                raise CheckpointError(
+                    f"{checkpoints.directory} holds checkpoints of an earlier run (newest: step {step}) and resume is "
+                    "false: set resume=true to continue it, or choose another output_dir"
+                )
+            saved = checkpoints.position(step).get("run")
+        finally:
+            checkpoints.close()
+        if saved is None:
+            logger.warning("%s: written by an older flaxenc without its config; resuming unchecked", directory / str(step))
+            return
+        changed = sorted(key for key in set(saved) | set(self.run_record) if saved.get(key) != self.run_record.get(key))
+        if changed:
+            shown = "; ".join(
+                f"{key}: {json.dumps(saved.get(key), default=str)} then, {json.dumps(self.run_record.get(key), default=str)} now"
+                for key in changed
+            )
+            raise CheckpointError(
+                f"{directory / str(step)}: this run's training config differs from the one its checkpoints were "
+                f"written with ({shown}); resuming would mix two runs. To start afresh choose another output_dir (or "
+                f"delete {self.output_dir}); to continue the earlier run, rerun it with {self.output_dir / 'config.yaml'}"
+            )
+
+    def _finished_summary(self) -> Summary | None:
+        """A finished run rerun unchanged: its saved summary, marked as such; None if there is more to do."""
+        path = self.output_dir / "summary.json"
+        if not path.is_file() or not (self.output_dir / "final").is_dir():
+            return None
+        checkpoints = Checkpoints(self.output_dir / "checkpoints", create=False)
+        try:
+            if checkpoints.latest_step() != self.total_steps:
+                return None
+        finally:
+            checkpoints.close()
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        names = {field.name for field in dataclasses.fields(Summary)}
+        return Summary(**{key: value for key, value in saved.items() if key in names} | {"already_finished": True})
+
     def _position(self, micro_step: int, metric: float | None) -> dict[str, Any]:
         epoch, in_epoch = divmod(micro_step, self.batches.steps_per_epoch)
         return {
@@ -214,6 +306,7 @@ class Run:
             "batch_size": self.config.batch_size,
             "rows": len(self.data),
             "metric": metric,
+            "run": self.run_record,  # the training-relevant config and data fingerprint, compared on resume
         }
 
     def _resume(self, checkpoints: Checkpoints) -> int | None:
@@ -221,11 +314,6 @@ class Run:
         step = checkpoints.latest_step()
         if step is None:
             return None
-        if not self.config.resume:
-            raise CheckpointError(
-                f"{checkpoints.directory} holds checkpoints of an earlier run (newest: step {step}) and resume is "
-                "false: set resume=true to continue it, or choose another output_dir"
-            )
         self.state, position = checkpoints.restore(step, like=self.state)
         expected = self._position(int(self.state.step), None)
         changed = [key for key in ("micro_step", "steps_per_epoch", "batch_size", "rows") if position.get(key) != expected[key]]
@@ -270,9 +358,34 @@ class Run:
         return self.evaluator(self.encoder, output_path=output_path, epoch=int(epoch), steps=step)
 
     def train(self) -> Summary:
-        config = self.config
+        lock = RunLock(self.output_dir)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        try:
+            if self.is_main:
+                (self.output_dir / MARKER_NAME).touch()
+                remove_partial_saves(self.output_dir)
+            self._check_resumable()  # again, under the lock: another run may have written since __init__
+            if (self.output_dir / "checkpoints").is_dir():  # read only: every process returns alike
+                finished = self._finished_summary()
+                if finished is not None:
+                    return finished
+            return self._train()
+        finally:
+            lock.release()
+
+    def _save_model(self, folder: Path, card) -> None:
+        """The ST folder, written whole or not at all; its model card names the folder it ends in."""
+        needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(self.state.params)) + (1 << 20)
+        atomic_save(self.encoder.save, folder, needed)
+        self.encoder.write_model_card(folder, card)
+
+    def _train(self) -> Summary:
+        config = self.config
+        if self.is_main:
+            if not self._token_cache.is_file():
+                save_tokens(self.data, self._token_cache)
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
         checkpoints = Checkpoints(self.output_dir / "checkpoints", config.checkpoint.keep)
         resumed = self._resume(checkpoints)
@@ -370,13 +483,13 @@ class Run:
         records = log.records if log else []
         final_evaluations = self._evaluations(self.evaluator, eval_result, self.total_steps)
         if self.is_main:
-            self.encoder.save(final_dir, training=self._card(final_evaluations, records, self.total_steps))
+            self._save_model(final_dir, self._card(final_evaluations, records, self.total_steps))
             if best_step is not None and best_step != self.total_steps:
                 best_state, _ = checkpoints.restore(best_step, like=self.state)
                 self.encoder.model = params_to_model(self.graphdef, best_state)
                 best_dir = self.output_dir / "best"
                 best_evaluations = self._evaluations(self.evaluator, evaluation_at(records, best_step), best_step)
-                self.encoder.save(best_dir, training=self._card(best_evaluations, records, best_step))
+                self._save_model(best_dir, self._card(best_evaluations, records, best_step))
                 self.encoder.model = params_to_model(self.graphdef, self.state)
             elif best_step is not None:
                 best_dir = final_dir

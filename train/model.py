@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from transformers import AutoTokenizer
 
 from flaxenc import SentenceEncoder
-from flaxenc.io.st_folder import STFolder, set_tokenizer_options
+from flaxenc.io.st_folder import STFolder, load_tokenizer, set_tokenizer_options
 from flaxenc.models import EncoderConfig, encoder_class
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, Normalize, Pooling
 from flaxenc.sentence_model import SentenceModel
@@ -47,7 +46,13 @@ def _new_config(value: dict | str) -> dict:
     path = Path(resolve_path(value))
     if not path.is_file():
         raise ConfigError(f"model.new_config: {path}: no such config.json")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"model.new_config: {path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"model.new_config: {path}: expected a JSON object of config.json fields")
+    return config
 
 
 def _hf_init(module: nnx.Module, key: jax.Array, std: float = 0.02) -> None:
@@ -85,7 +90,13 @@ def new_folder(config: ModelConfig, dtype: jnp.dtype, seed: int) -> STFolder:
         raise ConfigError("model.new_config needs model.new_tokenizer: the folder of a (fast) tokenizer to use")
     raw = _new_config(config.new_config)
     encoder_config = EncoderConfig.from_dict(raw, source="model.new_config")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(config.new_tokenizer))
+    tokenizer_folder = Path(resolve_path(config.new_tokenizer))
+    if not tokenizer_folder.is_dir():
+        raise ConfigError(f"model.new_tokenizer: {tokenizer_folder}: no such tokenizer folder")
+    try:
+        tokenizer = load_tokenizer(tokenizer_folder)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.new_tokenizer: {error}") from None
     if len(tokenizer) > encoder_config.vocab_size:
         raise ConfigError(f"model.new_config: vocab_size {encoder_config.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != encoder_config.pad_token_id:

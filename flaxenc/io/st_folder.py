@@ -52,6 +52,10 @@ MODULE_TYPES = {
     "LayerNorm": "sentence_transformers.sentence_transformer.modules.layer_norm.LayerNorm",
 }
 _HEAD_KINDS = {Dense: "Dense", Dropout: "Dropout", Normalize: "Normalize", EmbeddingLayerNorm: "LayerNorm"}
+# Modules ST loads without a folder of their own (no config, no weights).
+_MODULES_WITHOUT_FILES = {"Normalize"}
+# Any of these makes a tokenizer folder: the fast tokenizer, or the files transformers converts from.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
 @dataclasses.dataclass
@@ -166,6 +170,8 @@ def load_st_folder(folder: str | os.PathLike, dtype: jnp.dtype = jnp.float32) ->
             raise ValueError(f"{modules_json}: expected a list of {{'type': ..., 'path': ...}} entries")
         entries = sorted(entries, key=lambda e: e.get("idx", 0))
     kinds = [_module_kind(entry["type"], modules_json) for entry in entries]
+    for entry, kind in zip(entries[1:], kinds[1:]):
+        _check_module_folder(folder, entry, kind, modules_json)
     if kinds[0] != "Transformer":
         raise ValueError(f"{modules_json}: the first module must be a Transformer, not {entries[0]['type']!r}")
     if len(kinds) > 1 and kinds[1] != "Pooling":
@@ -200,6 +206,37 @@ def load_st_folder(folder: str | os.PathLike, dtype: jnp.dtype = jnp.float32) ->
     )
 
 
+def _check_module_folder(folder: Path, entry: dict, kind: str, modules_json: Path) -> None:
+    """A module modules.json lists must have its folder and config.json (ST fails to load it otherwise)."""
+    if kind in _MODULES_WITHOUT_FILES:
+        return
+    path = folder / entry.get("path", "")
+    if not entry.get("path") or not path.is_dir():
+        raise FileNotFoundError(
+            f"{modules_json} lists a {kind} module at {entry.get('path', '')!r}, but {path} is not a folder; restore "
+            "it from the original model, or remove the entry from modules.json"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: the {kind} module has no config.json; restore it from the original model")
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The folder's fast tokenizer; a folder without tokenizer files is an error, not an empty vocabulary."""
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder}: no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); copy the tokenizer the model was "
+            "trained with into the folder"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as error:  # noqa: BLE001 (a damaged tokenizer.json, a missing merges.txt, ...)
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{folder}: the tokenizer files cannot be read ({reason})") from None
+    if not tokenizer.is_fast:
+        raise ValueError(f"{folder}: flaxenc needs a fast tokenizer (tokenizer.json)")
+    return tokenizer
+
+
 def _load_transformer(folder: Path, dtype):
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -224,9 +261,7 @@ def _load_transformer(folder: Path, dtype):
     params = torch_to_flax(BERT_RULES, tensors, shapes, str(weights_path), ignore=BERT_BUFFERS)
     transformer = merge_params(graphdef, state, params)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if not tokenizer.is_fast:
-        raise ValueError(f"{folder}: flaxenc needs a fast tokenizer (tokenizer.json)")
+    tokenizer = load_tokenizer(folder)
     do_lower_case = bool(sbert.get("do_lower_case", False))
     max_seq_length = sbert.get("max_seq_length")
     if max_seq_length is None:
