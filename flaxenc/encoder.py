@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tokenizers
 from flax import nnx
 from tqdm.auto import tqdm
 
-from flaxenc import sharding
+from flaxenc import compile_cache, sharding
 from flaxenc.io import STFolder, TrainingCard, load_st_folder, resolve_folder, save_st_folder, write_model_card
-from flaxenc.packing import pack, pack_length
+from flaxenc.packing import next_fit, pack_length, packed_rows, token_index, write_rows
 from flaxenc.sentence_model import SentenceModel
 
 SMALLEST_BUCKET = 16
@@ -51,21 +55,32 @@ def batch_rows(n: int, batch_size: int, multiple: int) -> int:
 def packed_encode_batch(
     batch: Sequence[Sequence[int]], rows: int, buckets: Sequence[int], row_multiple: int, pad_id: int
 ) -> dict:
-    """One encode batch, its sentences packed (flaxenc.packing) into rows of at least PACK_LENGTH.
+    """One encode batch, its sentences (longest first) packed into rows of at least PACK_LENGTH.
 
     Short sentences share rows of one length instead of each padding to a bucket, so they compute
     on fewer positions and few programs compile (README "Decisions" has the measured counts).
-    The batch grows to `rows` sentences by repeating its last (shortest) one; those rows are dropped.
+    The batch grows to `rows` sentences with empty ones (no tokens, no packed slots); their
+    embeddings are dropped.
     """
-    length = pack_length(max(len(ids) for ids in batch), buckets)
-    input_ids = np.full((rows, length), pad_id, np.int32)
-    mask = np.zeros((rows, length), np.int32)
-    for row in range(rows):
-        ids = batch[min(row, len(batch) - 1)]
-        input_ids[row, : len(ids)] = ids
-        mask[row, : len(ids)] = 1
-    packed, (token_index,) = pack([input_ids], [mask], length, row_multiple, pad_id)
-    return {"packed": packed, "token_index": token_index, "attention_mask": mask}
+    lengths = np.fromiter((len(ids) for ids in batch), np.int64, len(batch))
+    ids = np.fromiter(itertools.chain.from_iterable(batch), np.int32, int(lengths.sum()))
+    length = pack_length(int(lengths.max()), buckets)
+    row, offset = next_fit(lengths, length)
+    packed, first_slot = write_rows(ids, lengths, row, offset, packed_rows(int(row[-1]) + 1, row_multiple), length, pad_id)
+    lengths, first_slot = (np.pad(x, (0, rows - len(batch))) for x in (lengths, first_slot))
+    mask = (np.arange(length) < lengths[:, None]).astype(np.int32)
+    return {"packed": packed, "token_index": token_index(first_slot, lengths, length), "attention_mask": mask}
+
+
+def _ahead(function: Callable, items: Sequence, depth: int) -> Iterator:
+    """function(item) for each item, computed up to `depth` items ahead on a background thread."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = collections.deque(pool.submit(function, item) for item in items[:depth])
+        for item in items[depth:]:
+            yield pending.popleft().result()
+            pending.append(pool.submit(function, item))
+        while pending:
+            yield pending.popleft().result()
 
 
 def _embed(graphdef, state, batch, prompt_length):
@@ -78,6 +93,7 @@ class SentenceEncoder:
     """A sentence-transformers model in Flax: `SentenceEncoder.from_pretrained(path).encode(texts)`."""
 
     def __init__(self, folder: STFolder, dtype: jnp.dtype = jnp.float32, devices: Sequence[jax.Device] | None = None):
+        compile_cache.enable()
         self._folder = folder
         self.dtype = jnp.dtype(dtype)
         self._mesh = sharding.data_mesh(devices)
@@ -163,16 +179,30 @@ class SentenceEncoder:
     # -- encoding ---------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids, truncated to max_seq_length, unpadded."""
-        encoded = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_seq_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
+        """Token ids, truncated to max_seq_length, unpadded: the ids `tokenizer(texts, truncation=True)` gives."""
+        return [encoding.ids for encoding in self._fast_tokenizer().encode_batch_fast(list(texts))]
+
+    def _fast_tokenizer(self) -> tokenizers.Tokenizer:
+        # The Rust tokenizer alone, set to truncate at max_seq_length: the same ids as the
+        # transformers tokenizer's call, without its per-sentence Python conversion.
+        key = (id(self.tokenizer), self.max_seq_length)
+        if getattr(self, "_fast_key", None) != key:
+            fast = tokenizers.Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            fast.enable_truncation(self.max_seq_length)
+            fast.no_padding()
+            self._fast, self._fast_key = fast, key
+        return self._fast
+
+    def _prepare_batch(self, texts: Sequence[str], batch_size: int, indices: np.ndarray) -> tuple[np.ndarray, dict]:
+        """(the batch's sentence indices in packed order, its packed arrays): tokenized, longest first."""
+        token_ids = self.tokenize([texts[i] for i in indices])
+        by_length = np.argsort([-len(ids) for ids in token_ids], kind="stable")
+        rows = batch_rows(len(indices), batch_size, self._mesh.size)
+        arrays = packed_encode_batch(
+            [token_ids[i] for i in by_length], rows, sequence_buckets(self.max_seq_length), self._mesh.size,
+            self.tokenizer.pad_token_id or 0,
         )
-        return encoded["input_ids"]
+        return indices[by_length], arrays
 
     def _prompt_length(self, prompt: str) -> int:
         # ST's Transformer._get_prompt_length: the prompt's tokens without a trailing special token.
@@ -191,9 +221,9 @@ class SentenceEncoder:
     ) -> np.ndarray | jax.Array:
         """Embeds sentences: [N, D] for a list, [D] for a single string (fp32).
 
-        Sentences are sorted by token length, batched longest first and each batch packed into
-        rows of a few lengths and counts, so XLA compiles a bounded number of programs. The input
-        order is restored.
+        Sentences are sorted by length, batched longest first and each batch packed into rows of a
+        few lengths and counts, so XLA compiles a bounded number of programs. The input order is
+        restored.
         """
         single = isinstance(sentences, str)
         if single:
@@ -219,28 +249,25 @@ class SentenceEncoder:
         if prompt:
             texts = [prompt + text for text in texts]  # ST prepends the prompt to the text
             prompt_length = self._prompt_length(prompt)
-        token_ids = self.tokenize(texts)
-        lengths = np.array([len(ids) for ids in token_ids])
-        order = np.argsort(-lengths, kind="stable")
         n_devices = self._mesh.size
         batch_size = -(-batch_size // n_devices) * n_devices
-        buckets = sequence_buckets(self.max_seq_length)
-        pad_id = self.tokenizer.pad_token_id or 0
+        # Batches of batch_size sentences, longest first by characters, as ST's encode(). Each is
+        # tokenized (the Rust tokenizer releases the GIL) and packed on a background thread while
+        # this one dispatches the batches before it; nothing waits on the device until the end.
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+        prepare = functools.partial(self._prepare_batch, texts, batch_size)
         batch_shard = sharding.batch_sharding(self._mesh)
+        outputs, sentence_orders = [], []
+        prepared = tqdm(_ahead(prepare, batches, depth=4), total=len(batches), desc="Batches", disable=not show_progress_bar)
+        for sentences, arrays in prepared:
+            self._compiled_shapes.add((len(arrays["token_index"]), *arrays["packed"]["input_ids"].shape))
+            outputs.append(self._embed(self._state, jax.device_put(arrays, batch_shard), np.int32(prompt_length)))
+            sentence_orders.append(sentences)
 
-        outputs = []
-        # Batches of batch_size sentences, longest first, as ST's encode(); each packed.
-        for start in tqdm(range(0, len(texts), batch_size), desc="Batches", disable=not show_progress_bar):
-            batch = [token_ids[i] for i in order[start : start + batch_size]]
-            rows = batch_rows(len(batch), batch_size, n_devices)
-            arrays = packed_encode_batch(batch, rows, buckets, n_devices, pad_id)
-            self._compiled_shapes.add((rows, *arrays["packed"]["input_ids"].shape))
-            embeddings = self._embed(self._state, jax.device_put(arrays, batch_shard), np.int32(prompt_length))
-            outputs.append((embeddings, len(batch)))  # dispatch is async: the next batch packs meanwhile
-
-        sorted_embeddings = np.concatenate([np.asarray(e)[:n] for e, n in outputs])
-        embeddings = np.empty_like(sorted_embeddings)
-        embeddings[order] = sorted_embeddings
+        embeddings = np.empty((len(texts), self.embedding_dimension), np.float32)
+        for sentences, batch_embeddings in zip(sentence_orders, jax.device_get(outputs)):
+            embeddings[sentences] = batch_embeddings[: len(sentences)]
         if normalize_embeddings:
             embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
         if single:

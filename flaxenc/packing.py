@@ -39,45 +39,102 @@ def pack_length(longest: int, buckets: Sequence[int], minimum: int = PACK_LENGTH
     return at_least[0] if at_least else fitting[-1]
 
 
+def first_fit(lengths: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, offset) of each sentence: first fit, longest first (ties keep their order).
+
+    A loop over sentences: for a training batch's few dozen sentences of mixed lengths it fills
+    rows best. encode() uses next_fit, which loops over rows instead.
+    """
+    row, offset = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64)
+    used: list[int] = []  # tokens taken in each row
+    for sentence in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[sentence])
+        target = next((r for r, taken in enumerate(used) if taken + n <= length), len(used))
+        if target == len(used):
+            used.append(0)
+        row[sentence], offset[sentence] = target, used[target]
+        used[target] += n
+    return row, offset
+
+
+def next_fit(lengths: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, offset) of sentences taken in order, each row filled with the longest run that fits.
+
+    For sentences sorted longest first, as encode() batches them, this is next-fit decreasing:
+    within a sorted batch lengths are close, and it fills rows nearly as well as first fit at a
+    cost per row rather than per sentence.
+    """
+    ends = np.cumsum(lengths)  # token count up to and including each sentence
+    row = np.zeros(len(lengths), np.int64)
+    first, rows = 0, 0
+    while first < len(lengths):
+        before = ends[first] - lengths[first]
+        last = max(first + 1, int(np.searchsorted(ends, before + length, side="right")))
+        row[first:last] = rows
+        first, rows = last, rows + 1
+    starts = ends - lengths
+    offset = starts - starts[np.r_[0, np.flatnonzero(np.diff(row)) + 1]][row]
+    return row, offset
+
+
+def write_rows(
+    ids: np.ndarray, lengths: np.ndarray, row: np.ndarray, offset: np.ndarray, rows: int, length: int, pad_id: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Lays sentences out in packed rows, in numpy without a loop over sentences or tokens.
+
+    ids: the sentences' tokens one after another; lengths, row, offset: per sentence. Returns the
+    rows {"input_ids", "segment_ids" (0: empty, k: the row's k-th sentence by offset), "positions"}
+    each [rows, length], and each sentence's first slot in the rows flattened (rows * length).
+    """
+    if len(lengths) and int(lengths.max()) > length:
+        raise ValueError(f"a sentence is longer than the pack length {length}")
+    first_slot = row * length + offset
+    sentence_of_token = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    slots = first_slot[sentence_of_token] + position
+    by_slot = np.argsort(first_slot, kind="stable")
+    segment = np.empty(len(lengths), np.int32)  # 1 + the sentence's rank by offset within its row
+    rank = np.arange(len(lengths)) - np.searchsorted(row[by_slot], row[by_slot], side="left")
+    segment[by_slot] = rank + 1
+    packed = {
+        "input_ids": np.full(rows * length, pad_id, np.int32),
+        "segment_ids": np.zeros(rows * length, np.int32),
+        "positions": np.zeros(rows * length, np.int32),
+    }
+    packed["input_ids"][slots] = ids
+    packed["segment_ids"][slots] = segment[sentence_of_token]
+    packed["positions"][slots] = position
+    return {key: value.reshape(rows, length) for key, value in packed.items()}, first_slot
+
+
+def token_index(first_slot: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """[B, width] int32: where each token of each sentence sits in the packed rows; padding points at slot 0."""
+    positions = np.arange(width)
+    return np.where(positions < lengths[:, None], first_slot[:, None] + positions, 0).astype(np.int32)
+
+
 def pack(
     input_ids: Sequence[np.ndarray], attention_masks: Sequence[np.ndarray], length: int, row_multiple: int = 1, pad_id: int = 0
 ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    """Packs the right-padded sentences of every column into rows of `length` tokens.
+    """Packs the right-padded sentences of every column into rows of `length` tokens (first fit).
 
     input_ids, attention_masks: one [B, T] array per column. Returns the packed rows
     {"input_ids", "segment_ids" (0: empty, k: the row's k-th sentence), "positions" (0, 1, ...
     within each sentence)}, each [R, length], and per column a token_index [B, T]: where each
     token sits in the packed rows flattened (R * length); padding points at slot 0.
     """
-    lengths = [mask.sum(axis=1).astype(np.int64) for mask in attention_masks]
-    sentences = [(int(n), column, row) for column, ls in enumerate(lengths) for row, n in enumerate(ls)]
-    if max((n for n, _, _ in sentences), default=0) > length:
+    lengths = np.concatenate([mask.sum(axis=1).astype(np.int64) for mask in attention_masks])
+    ids = np.concatenate([column[mask.astype(bool)] for column, mask in zip(input_ids, attention_masks)])
+    if len(lengths) and int(lengths.max()) > length:
         raise ValueError(f"a sentence is longer than the pack length {length}")
-    sentences.sort(key=lambda s: -s[0])  # stable: ties keep column, row order
-
-    used: list[int] = []  # tokens taken in each row
-    placed = []  # (column, row, packed row, offset, n)
-    for n, column, row in sentences:
-        target = next((r for r, taken in enumerate(used) if taken + n <= length), len(used))
-        if target == len(used):
-            used.append(0)
-        placed.append((column, row, target, used[target], n))
-        used[target] += n
-
-    rows = packed_rows(len(used), row_multiple)
-    packed_ids = np.full((rows, length), pad_id, np.int32)
-    segment_ids = np.zeros((rows, length), np.int32)
-    positions = np.zeros((rows, length), np.int32)
-    segments_in_row = np.zeros(rows, np.int32)
-    token_index = [np.zeros(mask.shape, np.int32) for mask in attention_masks]
-    for column, row, target, offset, n in placed:
-        segments_in_row[target] += 1
-        span = slice(offset, offset + n)
-        packed_ids[target, span] = input_ids[column][row, :n]
-        segment_ids[target, span] = segments_in_row[target]
-        positions[target, span] = np.arange(n)
-        token_index[column][row, :n] = target * length + np.arange(offset, offset + n)
-    return {"input_ids": packed_ids, "segment_ids": segment_ids, "positions": positions}, token_index
+    row, offset = first_fit(lengths, length)
+    rows = packed_rows(int(row.max(initial=-1)) + 1, row_multiple)
+    packed, first_slot = write_rows(ids, lengths, row, offset, rows, length, pad_id)
+    bounds = np.cumsum([0, *(len(mask) for mask in attention_masks)])
+    token_indices = [
+        token_index(first_slot[a:b], lengths[a:b], mask.shape[1]) for a, b, mask in zip(bounds, bounds[1:], attention_masks)
+    ]
+    return packed, token_indices
 
 
 def pack_batch(batch: dict, buckets: Sequence[int], row_multiple: int = 1, pad_id: int = 0, minimum: int = PACK_LENGTH) -> dict:
@@ -94,4 +151,4 @@ def pack_batch(batch: dict, buckets: Sequence[int], row_multiple: int = 1, pad_i
     return {**batch, "columns": columns, "packed": packed}
 
 
-__all__ = ["PACK_LENGTH", "pack", "pack_batch", "pack_length", "packed_rows"]
+__all__ = ["PACK_LENGTH", "first_fit", "next_fit", "pack", "pack_batch", "pack_length", "packed_rows", "token_index", "write_rows"]

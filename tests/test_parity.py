@@ -170,3 +170,16 @@ def test_bf16_close_to_fp32(tmp_path, bert_tokenizer_path):
     assert bf16.dtype == np.float32
     cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cosine.min() >= 0.999, cosine
+
+
+@pytest.mark.parametrize("tokenizer", ["bert", "roberta"])
+def test_tokenize_equals_the_transformers_tokenizer(tmp_path, tokenizer, bert_tokenizer_path, roberta_tokenizer_path):
+    """encode() tokenizes with the Rust tokenizer alone: the ids of the transformers call ST makes."""
+    from transformers import AutoTokenizer
+
+    path = bert_tokenizer_path if tokenizer == "bert" else roberta_tokenizer_path
+    folder, _ = build_st_model(tmp_path, path, arch=tokenizer, max_seq_length=12)
+    encoder = flaxenc.SentenceEncoder.from_pretrained(folder)
+    texts = [*SENTENCES, "x " * 40, "UPPER case Words"]
+    reference = AutoTokenizer.from_pretrained(str(path))(texts, truncation=True, max_length=12)["input_ids"]
+    assert encoder.tokenize(texts) == reference
