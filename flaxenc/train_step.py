@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flaxenc import sharding
+from flaxenc import compile_cache, sharding
 from flaxenc.losses import LossFunction
 from flaxenc.sentence_model import SentenceModel
 
@@ -139,6 +139,7 @@ class TrainStep:
         dropout: bool = True,
         fsdp: bool = False,
     ):
+        compile_cache.enable()
         self.mesh = sharding.global_data_mesh() if mesh is None else mesh
         self.fsdp = fsdp
         step = lambda state, batch: _train_step(  # noqa: E731

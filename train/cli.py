@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
@@ -32,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
+    parser.add_argument(
+        "--no-compile-cache", action="store_true",
+        help="compile every program afresh (default: JAX's persistent cache in ~/.cache/flaxenc/jax, "
+        "or $FLAXENC_COMPILE_CACHE)",
+    )
     args = parser.parse_args(argv)
+    if args.no_compile_cache:
+        os.environ["FLAXENC_COMPILE_CACHE"] = "0"  # read by flaxenc.compile_cache.enable()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:
