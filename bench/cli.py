@@ -28,6 +28,7 @@ from bench import environment  # noqa: E402
 from bench import settings as presets
 from bench.data import mrpc_train_pairs, stsb_sentences, stsb_train_pairs  # noqa: E402
 from bench.encoding import measure_encode  # noqa: E402
+from bench.host import measure_first_call, measure_host_encode  # noqa: E402
 from bench.models import MODEL_NAMES, RECIPE2_SIZES, ModelFolders  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.settings import Settings  # noqa: E402
@@ -53,6 +54,36 @@ def _guarded(label: str, measure, *args, **kwargs) -> dict:
     print(f"flaxenc {figures['flaxenc']['per_s']:,.1f}/s, ST {figures['st']['per_s']:,.1f}/s, "
           f"ratio {figures['ratio']:.2f}", flush=True)
     return {"label": label, **figures}
+
+
+def run_host(settings: Settings, folders: ModelFolders) -> dict:
+    """encode()'s host side alone against the tokenizer, and the first call of a second process."""
+    model = settings.models[0] if settings.models else MODEL_NAMES[0]
+    folder, sentences = folders.get(model), stsb_sentences(settings.host_sentences)
+    cells = []
+    for batch_size in settings.host_batch_sizes:
+        label = f"host-only encode {model} batch {batch_size}"
+        print(f"{label} ...", end=" ", flush=True)
+        try:
+            cell = measure_host_encode(folder, sentences, batch_size, settings.repeats)
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            cells.append({"label": label, "error": f"{type(error).__name__}: {error}"})
+            continue
+        print(f"{cell['host']['per_s']:,.0f}/s, tokenizer {cell['tokenizer']['per_s']:,.0f}/s, ratio {cell['ratio']:.2f}",
+              flush=True)
+        cells.append({"label": label, "model": model, "batch_size": batch_size, **cell})
+    result = {"cells": cells}
+    if settings.first_call_sentences:
+        print("first encode() call of a second process (warm compile cache) vs ST's ...", end=" ", flush=True)
+        try:
+            first = measure_first_call(folder, stsb_sentences(settings.first_call_sentences), 32)
+            result["first_call"] = {"model": model, **first}
+            print(f"{first['flaxenc_warm_cache']['first_call_s']:.2f} s vs {first['st']['first_call_s']:.2f} s", flush=True)
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            result["first_call"] = {"error": f"{type(error).__name__}: {error}"}
+    return result
 
 
 def run_encode(settings: Settings, folders: ModelFolders) -> list[dict]:
@@ -129,6 +160,8 @@ def run(settings: Settings, command: list[str]) -> dict:
     start = environment.cpu_snapshot()
     with tempfile.TemporaryDirectory(prefix="flaxenc-bench-") as root:
         folders = ModelFolders(Path(root))
+        if "host" in settings.sections:
+            results["host"] = run_host(settings, folders)
         if "encode" in settings.sections:
             results["encode"] = run_encode(settings, folders)
         if "train" in settings.sections:
@@ -162,7 +195,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a minute or two: MiniLM, a few hundred sentences")
     preset.add_argument("--full", action="store_true", help="the whole matrix (for a GPU)")
-    parser.add_argument("--only", choices=("encode", "train"), help="run one section")
+    parser.add_argument("--only", choices=("host", "encode", "train"), help="run one section")
     parser.add_argument("--json", type=Path, help="where to write the figures (default bench/results/<host>-<date>.json)")
     parser.add_argument("--models", type=_names, help=f"comma-separated, of {', '.join(MODEL_NAMES)}")
     parser.add_argument("--sentences", action="append", default=[], metavar="[MODEL=]N",
@@ -170,6 +203,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser.add_argument("--dtypes", action="append", default=[], metavar="[MODEL=]D,D",
                         help="encode dtypes (float32,bfloat16), for every model or one; repeatable")
     parser.add_argument("--batch-sizes", type=_ints, help="encode batch sizes, e.g. 32,128,512")
+    parser.add_argument("--host-sentences", type=int, help="sentences of the host-only encode (0: all STS-B)")
+    parser.add_argument("--host-batch-sizes", type=_ints, help="batch sizes of the host-only encode")
+    parser.add_argument("--first-call-sentences", type=int, help="sentences of the first-call comparison (0: skip it)")
     parser.add_argument("--train-dtypes", type=_names, help="training dtypes: float32,bfloat16")
     parser.add_argument("--train-batch-sizes", action="append", default=[], metavar="[MODEL=]B,B",
                         help="pairs per training step, for every model or one; repeatable")
@@ -188,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         "sections": (args.only,) if args.only else None,
         "models": args.models,
         "encode_batch_sizes": args.batch_sizes,
+        "host_batch_sizes": args.host_batch_sizes,
+        "first_call_sentences": args.first_call_sentences,
         "train_dtypes": args.train_dtypes,
         "train_steps": args.steps,
         "repeats": args.repeats,
@@ -200,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     for name, value in overrides.items():
         if value is not None:
             setattr(settings, name, value)
+    if args.host_sentences is not None:
+        settings.host_sentences = args.host_sentences or None
     if args.recipe2_size:
         settings.recipe2_size = None if args.recipe2_size == "none" else args.recipe2_size
     settings.encode_sentences = _per_model(args.sentences, lambda t: int(t) or None, settings.encode_sentences)
@@ -222,5 +262,6 @@ def main(argv: list[str] | None = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"\nfigures written to {json_path}")
-    failed = [c["label"] for c in results.get("encode", []) + results.get("train", []) if "error" in c]
-    return 1 if failed or "error" in results.get("mfu", {}) else 0
+    host = results.get("host", {})
+    failed = [c["label"] for c in results.get("encode", []) + results.get("train", []) + host.get("cells", []) if "error" in c]
+    return 1 if failed or "error" in results.get("mfu", {}) or "error" in host.get("first_call", {}) else 0

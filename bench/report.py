@@ -40,6 +40,24 @@ def encode_table(cells: list[dict]) -> str:
     return "\n".join([table(headers, rows), *_errors(cells)])
 
 
+def host_lines(host: dict) -> str:
+    headers = ["model", "batch", "sentences", "host-only encode/s", "tokenizer/s", "host/tokenizer", "cores"]
+    rows = [[c["model"], c["batch_size"], c["sentences"], c["host"]["per_s"], c["tokenizer"]["per_s"], c["ratio"], c["cores"]]
+            for c in host["cells"] if "error" not in c]
+    lines = [table(headers, rows), *_errors(host["cells"])]
+    first = host.get("first_call")
+    if first and "error" in first:
+        lines.append(f"  first call: {first['error']}")
+    elif first:
+        lines.append(
+            f"First encode() call in a fresh process, {first['sentences']} sentences, batch {first['batch_size']}: "
+            f"flaxenc {first['flaxenc_cold']['first_call_s']:.2f} s without a cache, "
+            f"{first['flaxenc_warm_cache']['first_call_s']:.2f} s in a second process with the compile cache; "
+            f"ST {first['st']['first_call_s']:.2f} s (flaxenc warm / ST {first['ratio']:.2f})"
+        )
+    return "\n".join(lines)
+
+
 def train_table(cells: list[dict]) -> str:
     headers = ["model", "loss", "tokens", "dtype", "batch", "flaxenc pairs/s", "ST pairs/s", "flaxenc/ST",
                "flaxenc 1st step s", "flaxenc step s", "ST 1st step s", "ST step s", "padded tokens/step (flaxenc, ST)",
@@ -97,6 +115,9 @@ def report(results: dict) -> str:
         "Ratios are flaxenc / ST (above 1: flaxenc is faster). Steady state: the fastest timed pass. "
         "1st call / 1st step: the warm-up, where flaxenc compiles (XLA, once per shape).",
     ]
+    if "host" in results:
+        lines += ["", "Host side alone: encode() with a no-op model (tokenize, sort, pack, transfer, dispatch, gather) "
+                  "against the Rust tokenizer on the same sentences", host_lines(results["host"])]
     if "encode" in results:
         lines += ["", "Encode, sentences/s (STS-B sentences, sorted and batched by each library)",
                   encode_table(results["encode"])]

@@ -20,6 +20,7 @@ TINY_RUN = [
     "--recipe2-size", "tiny", "--recipe2-lengths", "32", "--recipe2-batch-size", "2",
     "--recipe2-mrpc-batch-size", "4",
     "--mfu", "tiny", "--mfu-batch-size", "2",
+    "--host-sentences", "200", "--host-batch-sizes", "16", "--first-call-sentences", "8",
 ]  # fmt: skip
 
 
@@ -35,7 +36,11 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     assert main([*TINY_RUN, "--json", str(path)]) == 0
     results = json.loads(path.read_text())
 
-    assert {"hardware", "versions", "precision", "settings", "encode", "train", "mfu"} <= results.keys()
+    assert {"hardware", "versions", "precision", "settings", "host", "encode", "train", "mfu"} <= results.keys()
+    (host,) = results["host"]["cells"]
+    assert host["sentences"] == 200 and positive(host["host"]["per_s"]) and positive(host["tokenizer"]["per_s"])
+    first = results["host"]["first_call"]
+    assert all(positive(first[side]["first_call_s"]) for side in ("flaxenc_cold", "flaxenc_warm_cache", "st"))
     assert results["hardware"]["cpu_cores"] >= 1 and results["hardware"]["jax_devices"]
     assert {"jax", "flax", "torch", "sentence-transformers", "transformers"} <= results["versions"].keys()
 
