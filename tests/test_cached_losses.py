@@ -94,16 +94,26 @@ def random_batch(batch: int, columns: int, length: int = 16, seed: int = 0) -> d
     return {"columns": out}
 
 
-def sgd_step(folder, loss, batch, mesh=None):
-    """(loss, gradient by dotted parameter path) of one TrainStep: SGD with lr 1 moves params by -grad."""
+def sgd_step(folder, loss, batch, mesh=None, loss_params=None):
+    """(loss, gradient by dotted parameter path) of one TrainStep: SGD with lr 1 moves params by -grad.
+
+    loss_params: for a loss with parameters (SoftmaxLoss), their starting values; the gradient then
+    has them too, under "loss.<name>".
+    """
     encoder = flaxenc.SentenceEncoder.from_pretrained(folder)
     before = flat_params(encoder.model)
     tx = optax.sgd(1.0)
-    graphdef, state = init_train_state(encoder.model, tx)
+    graphdef, state = init_train_state(encoder.model, tx, loss=loss)
+    if loss_params is not None:
+        state = state._replace(params=state.params._replace(loss=jax.tree.map(jnp.asarray, loss_params)))
     step = TrainStep(graphdef, loss, tx, mesh=mesh, dropout=False)
     state, metrics = step(step.place_state(state), batch)
     after = flat_params(flaxenc.train_step.params_to_model(graphdef, state))
-    return float(metrics["loss"]), {key: before[key] - after[key] for key in before}
+    grads = {key: before[key] - after[key] for key in before}
+    if loss_params is not None:
+        trained = jax.device_get(state.params.loss)
+        grads.update({f"loss.{key}": np.asarray(loss_params[key]) - np.asarray(trained[key]) for key in loss_params})
+    return float(metrics["loss"]), grads
 
 
 def max_difference(first: dict, second: dict) -> float:
@@ -121,28 +131,34 @@ def tiny_model(tmp_path_factory, bert_tokenizer_path):
     )
 
 
-def st_sgd_step(st_model, st_loss, batch, folder):
-    """ST's loss and gradients on the same token batch: one manual SGD step (lr 1), saved to `folder`."""
+def st_sgd_step(folder, make_loss, batch, labels=None):
+    """ST's loss and gradients on the same token batch: a fresh copy of the model in `folder`, its
+    loss `make_loss(model)`, one backward pass. Returns (loss, gradient by flaxenc's parameter path)."""
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(str(folder), device="cpu")
     st_model.train()
-    st_model.zero_grad()
+    loss = make_loss(st_model)
     features = [
         {key: torch.tensor(column[key]).long() for key in ("input_ids", "attention_mask")}
         for column in batch["columns"]
     ]
-    value = st_loss(features, None)
+    value = loss(features, None if labels is None else torch.tensor(labels))
     value.backward()
+    before = flat_params(flaxenc.SentenceEncoder.from_pretrained(folder).model)
     with torch.no_grad():
         for parameter in st_model.parameters():
             if parameter.grad is not None:
                 parameter -= parameter.grad
-    st_model.save(str(folder))
-    return value.item()
+    st_model.save(str(folder.parent / "st_step"))
+    after = flat_params(flaxenc.SentenceEncoder.from_pretrained(folder.parent / "st_step").model)
+    return value.item(), {key: before[key] - after[key] for key in before}, loss
 
 
-def test_cached_mnrl_step_equals_mnrl_and_st(tiny_model, tmp_path):
+def test_cached_mnrl_step_equals_mnrl_and_st(tiny_model):
     """One step: CachedMNRL (mini-batches of 5 rows, the last padded) gives plain MNRL's loss and
     parameter gradients, and ST's CachedMultipleNegativesRankingLoss's on the same model and batch."""
-    folder, st_model = tiny_model
+    folder, _ = tiny_model
     batch = random_batch(24, 3)
     plain_loss, plain_grads = sgd_step(folder, losses.MultipleNegativesRankingLoss(), batch)
     cached_loss, cached_grads = sgd_step(folder, losses.CachedMultipleNegativesRankingLoss(mini_batch_size=5), batch)
@@ -154,11 +170,8 @@ def test_cached_mnrl_step_equals_mnrl_and_st(tiny_model, tmp_path):
     assert abs(cached_loss - plain_loss) <= TOLERANCE * max(1.0, abs(plain_loss))
     assert grad_diff <= TOLERANCE * max(1.0, largest)
 
-    reference = st_losses.CachedMultipleNegativesRankingLoss(st_model, mini_batch_size=5)
-    before = flat_params(flaxenc.SentenceEncoder.from_pretrained(folder).model)
-    st_value = st_sgd_step(st_model, reference, batch, tmp_path / "st_step")
-    after = flat_params(flaxenc.SentenceEncoder.from_pretrained(tmp_path / "st_step").model)
-    st_grads = {key: before[key] - after[key] for key in before}
+    make_reference = lambda model: st_losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=5)  # noqa: E731
+    st_value, st_grads, _ = st_sgd_step(folder, make_reference, batch)
     st_diff = max_difference(st_grads, cached_grads)
     print(f"cached MNRL vs ST's: loss diff {abs(cached_loss - st_value):.2e}, grad diff {st_diff:.2e}")
     assert abs(cached_loss - st_value) <= TOLERANCE * max(1.0, abs(st_value))
