@@ -239,3 +239,28 @@ def test_cached_mnrl_on_eight_devices(tiny_model, tmp_path):
     for name in ("plain_eight", "cached_one", "cached_eight"):
         assert result[name]["loss_diff"] <= TOLERANCE, name
         assert result[name]["grad_diff"] <= TOLERANCE * max(1.0, result["largest"]), name
+
+
+def test_prompt_length_in_every_path(tmp_path, bert_tokenizer_path):
+    """A column's prompt_length is left out of the pooling (include_prompt=False) alike in the padded,
+    packed and GradCache paths: the same loss and gradients, and not those without it."""
+    from flaxenc.encoder import sequence_buckets
+    from flaxenc.packing import pack_batch
+
+    folder, _ = build_st_model(
+        tmp_path, bert_tokenizer_path, include_prompt=False, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    batch = random_batch(8, 2, seed=4)
+    for column, prompt in zip(batch["columns"], (1, 2)):
+        column["prompt_length"] = np.full(8, prompt, np.int32)
+    packed = pack_batch(batch, sequence_buckets(32))
+    without = {"columns": [{k: v for k, v in c.items() if k != "prompt_length"} for c in batch["columns"]]}
+    padded_loss, padded_grads = sgd_step(folder, losses.MultipleNegativesRankingLoss(), batch)
+    for name, loss, data in (
+        ("packed", losses.MultipleNegativesRankingLoss(), packed),
+        ("cached", losses.CachedMultipleNegativesRankingLoss(mini_batch_size=3), batch),
+    ):
+        value, grads = sgd_step(folder, loss, data)
+        assert abs(value - padded_loss) <= TOLERANCE, name
+        assert max_difference(grads, padded_grads) <= TOLERANCE, name
+    assert abs(sgd_step(folder, losses.MultipleNegativesRankingLoss(), without)[0] - padded_loss) > 1e-3
