@@ -209,9 +209,7 @@ class SentenceEncoder:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if prompt is None and prompt_name is not None:
             if prompt_name not in self.prompts:
-                raise ValueError(
-                    f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}"
-                )
+                raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
             prompt = self.prompts[prompt_name]
         if not texts:
             empty = np.zeros((0, self.embedding_dimension), np.float32)

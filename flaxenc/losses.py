@@ -9,6 +9,11 @@ the comment above each function names the file. Two layers:
   [B, D] array per text column in column order (anchor, positive, negatives...) and the label column
   (None for losses without labels).
 
+What a train step needs of a loss beyond that is the protocol `LossFunction` (base class `Loss`):
+a per-step key, GradCache mini-batches (the Cached* losses; flaxenc/gradcache.py embeds the batch,
+the loss chunks its score matrix), a frozen guide model (GIST) or the loss's own parameters
+(SoftmaxLoss).
+
 Everything is computed in float32. Under `jax.jit` with the batch sharded over a mesh, these functions
 see the global batch (jit's global view), so in-batch negatives come from every device without a
 `shard_map` or an all-gather: MultipleNegativesRankingLoss always behaves as ST's

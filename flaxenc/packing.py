@@ -40,11 +40,7 @@ def pack_length(longest: int, buckets: Sequence[int], minimum: int = PACK_LENGTH
 
 
 def pack(
-    input_ids: Sequence[np.ndarray],
-    attention_masks: Sequence[np.ndarray],
-    length: int,
-    row_multiple: int = 1,
-    pad_id: int = 0,
+    input_ids: Sequence[np.ndarray], attention_masks: Sequence[np.ndarray], length: int, row_multiple: int = 1, pad_id: int = 0
 ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """Packs the right-padded sentences of every column into rows of `length` tokens.
 
@@ -84,9 +80,7 @@ def pack(
     return {"input_ids": packed_ids, "segment_ids": segment_ids, "positions": positions}, token_index
 
 
-def pack_batch(
-    batch: dict, buckets: Sequence[int], row_multiple: int = 1, pad_id: int = 0, minimum: int = PACK_LENGTH
-) -> dict:
+def pack_batch(batch: dict, buckets: Sequence[int], row_multiple: int = 1, pad_id: int = 0, minimum: int = PACK_LENGTH) -> dict:
     """A training batch ({"columns": [{"input_ids", "attention_mask"}, ...], ...}) with its
     sentences packed: adds batch["packed"] and a "token_index" to every column (whose
     attention_mask pooling still reads)."""

@@ -46,12 +46,7 @@ class SentenceModel(nnx.Module):
         """
         transformer_key, head_keys = self._keys(dropout_key)
         rows = self.transformer(
-            packed["input_ids"],
-            None,
-            None,
-            transformer_key,
-            segment_ids=packed["segment_ids"],
-            positions=packed["positions"],
+            packed["input_ids"], None, None, transformer_key, segment_ids=packed["segment_ids"], positions=packed["positions"]
         )  # [R, L, H]
         tokens = rows.reshape(-1, rows.shape[-1])[token_index]  # [B, T, H]
         return self._pool_and_heads(tokens, attention_mask, prompt_length, head_keys)
@@ -91,7 +86,5 @@ def abstract_params(module_factory) -> tuple[nnx.GraphDef, nnx.State, dict[str, 
 
 def merge_params(graphdef: nnx.GraphDef, state: nnx.State, params: dict[str, np.ndarray]) -> nnx.Module:
     """The module with every abstract leaf replaced by the array at its dotted path."""
-    leaves = [
-        (path, var.replace(jnp.asarray(params[".".join(map(str, path))]))) for path, var in nnx.to_flat_state(state)
-    ]
+    leaves = [(path, var.replace(jnp.asarray(params[".".join(map(str, path))]))) for path, var in nnx.to_flat_state(state)]
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))

@@ -48,7 +48,7 @@ def split_params(params) -> tuple[nnx.State, Any]:
 
 class TrainState(NamedTuple):
     step: jax.Array  # micro-steps taken (optimizer steps x accumulation steps)
-    params: nnx.State
+    params: nnx.State  # or ModelAndLossParams for a loss with parameters
     opt_state: optax.OptState
     rng: jax.Array  # base key; step k drops out with fold_in(rng, k)
 

@@ -114,3 +114,27 @@ def test_random_sampling_draws_from_the_range(pairs):
         if anchor in candidates:
             assert set(negatives) <= candidates[anchor]
     assert all(row[1:] == sorted(row[1:], reverse=True) for row in sampled["scores"])  # sorted again, as ST
+
+
+TOP_K_EIGHT_DEVICES = """
+import json, sys
+import jax
+jax.config.update("jax_default_matmul_precision", "float32")
+import numpy as np
+from flaxenc.util import top_k_search
+
+rng = np.random.default_rng(1)
+queries, corpus = rng.normal(size=(53, 8)).astype(np.float32), rng.normal(size=(301, 8)).astype(np.float32)
+scores, indices = top_k_search(queries, corpus, k=9, query_chunk_size=20, corpus_chunk_size=64)
+expected = np.argsort(-(queries @ corpus.T), axis=1)[:, :9]
+with open(sys.argv[1], "w") as f:
+    json.dump({"devices": len(jax.devices()), "equal": bool(np.array_equal(indices, expected))}, f)
+"""
+
+
+def test_top_k_search_on_eight_devices(tmp_path):
+    """Queries split over 8 fake devices (chunks of 24, the last padded): the same top-k as numpy."""
+    from test_multidevice import _run_on_eight_devices
+
+    result = _run_on_eight_devices(TOP_K_EIGHT_DEVICES, tmp_path)
+    assert result == {"devices": 8, "equal": True}

@@ -126,9 +126,7 @@ def torch_to_flax(
             continue
         filled[path] = np.asarray(array, dtype=np.float32)
     for path, shape in targets.items():
-        if path not in filled and not any(
-            p.startswith(f"wrong shape for {_torch_key(rules, path)}:") for p in problems
-        ):
+        if path not in filled and not any(p.startswith(f"wrong shape for {_torch_key(rules, path)}:") for p in problems):
             rule = _rule_for_flax(rules, path)
             torch_shape = tuple(shape)[::-1] if rule and rule.transpose else shape
             problems.append(f"missing key {_torch_key(rules, path)} {_shape(torch_shape)}")

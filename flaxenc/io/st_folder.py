@@ -91,25 +91,13 @@ def _read_json(path: Path) -> dict[str, Any] | list[Any]:
 # to false, null or empty changes nothing, as ST's loaders treat an unset flag.
 KNOWN_CONFIG_KEYS = {
     "Transformer": {
-        "max_seq_length",
-        "do_lower_case",
-        "transformer_task",
-        "modality_config",
-        "module_output_name",
-        "unpad_inputs",
-        "model_args",
-        "tokenizer_args",
-        "processing_kwargs",
+        "max_seq_length", "do_lower_case", "transformer_task", "modality_config", "module_output_name",
+        "unpad_inputs", "model_args", "tokenizer_args", "processing_kwargs",
     },
     "Pooling": {"embedding_dimension", "word_embedding_dimension", "pooling_mode", "include_prompt", *LEGACY_MODE_KEYS},
     "Dense": {
-        "in_features",
-        "out_features",
-        "bias",
-        "activation_function",
-        "use_residual",
-        "module_input_name",
-        "module_output_name",
+        "in_features", "out_features", "bias", "activation_function", "use_residual",
+        "module_input_name", "module_output_name",
     },
     "Dropout": {"dropout"},
     "LayerNorm": {"dimension"},
@@ -133,7 +121,8 @@ def _module_kind(type_name: str, source: Path) -> str:
     kind = type_name.rsplit(".", 1)[-1]
     if not type_name.startswith("sentence_transformers.") or kind not in MODULE_TYPES:
         raise ValueError(
-            f"{source}: module type {type_name!r} is not supported; flaxenc reads the ST modules {sorted(MODULE_TYPES)}"
+            f"{source}: module type {type_name!r} is not supported; flaxenc reads the ST modules "
+            f"{sorted(MODULE_TYPES)}"
         )
     return kind
 
@@ -231,9 +220,7 @@ def _load_transformer(folder: Path, dtype):
         logger.info("%s: ignoring %d task-head tensors, as AutoModel does: %s", weights_path, len(dropped), dropped[:4])
     with_pooler = "pooler.dense.weight" in tensors
     cls = encoder_class(config)
-    graphdef, state, shapes = abstract_params(
-        lambda: cls(config, dtype=dtype, with_pooler=with_pooler, rngs=nnx.Rngs(0))
-    )
+    graphdef, state, shapes = abstract_params(lambda: cls(config, dtype=dtype, with_pooler=with_pooler, rngs=nnx.Rngs(0)))
     params = torch_to_flax(BERT_RULES, tensors, shapes, str(weights_path), ignore=BERT_BUFFERS)
     transformer = merge_params(graphdef, state, params)
 
@@ -267,9 +254,7 @@ def _load_pooling(folder: Path, hidden: int) -> Pooling:
     _check_config_keys("Pooling", config, config_path)
     dim = config.get("embedding_dimension", config.get("word_embedding_dimension", hidden))
     if dim != hidden:
-        raise ValueError(
-            f"{config_path}: embedding_dimension {dim} differs from the transformer's hidden size {hidden}"
-        )
+        raise ValueError(f"{config_path}: embedding_dimension {dim} differs from the transformer's hidden size {hidden}")
     modes = config.get("pooling_mode")
     if modes is None:
         # Legacy boolean keys, read as ST's _convert_legacy_pooling_kwargs; none set means mean.
@@ -299,9 +284,7 @@ def _load_head(kind: str, folder: Path, dim: int, dtype) -> nnx.Module:
         if missing:
             raise ValueError(f"{config_path}: missing key {missing[0]!r}")
         if config["in_features"] != dim:
-            raise ValueError(
-                f"{config_path}: in_features {config['in_features']} differs from the input dimension {dim}"
-            )
+            raise ValueError(f"{config_path}: in_features {config['in_features']} differs from the input dimension {dim}")
         kwargs = dict(
             in_features=config["in_features"],
             out_features=config["out_features"],

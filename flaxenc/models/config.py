@@ -42,12 +42,15 @@ class EncoderConfig:
 
     def __post_init__(self):
         if self.model_type not in ARCHITECTURES:
-            raise ValueError(f"model_type {self.model_type!r} is not supported; flaxenc builds {sorted(ARCHITECTURES)}")
+            raise ValueError(
+                f"model_type {self.model_type!r} is not supported; flaxenc builds {sorted(ARCHITECTURES)}"
+            )
         if self.hidden_act not in HIDDEN_ACTS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {HIDDEN_ACTS}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}"
             )
 
     @property
