@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from flaxenc import evaluation, losses, optim
+from flaxenc import evaluation, gradcache, losses, optim, util
 from flaxenc.encoder import SentenceEncoder
 from flaxenc.models import BertModel, EncoderConfig, RobertaModel
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, LayerNorm, Normalize, Pooling, pool
@@ -28,9 +28,11 @@ __all__ = [
     "adamw",
     "embed_columns",
     "evaluation",
+    "gradcache",
     "init_train_state",
     "learning_rate_schedule",
     "losses",
     "optim",
     "pool",
+    "util",
 ]

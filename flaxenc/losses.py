@@ -9,6 +9,11 @@ the comment above each function names the file. Two layers:
   [B, D] array per text column in column order (anchor, positive, negatives...) and the label column
   (None for losses without labels).
 
+What a train step needs of a loss beyond that is the protocol `LossFunction` (base class `Loss`):
+a per-step key, GradCache mini-batches (the Cached* losses; flaxenc/gradcache.py embeds the batch,
+the loss chunks its score matrix), a frozen guide model (GIST) or the loss's own parameters
+(SoftmaxLoss).
+
 Everything is computed in float32. Under `jax.jit` with the batch sharded over a mesh, these functions
 see the global batch (jit's global view), so in-batch negatives come from every device without a
 `shard_map` or an all-gather: MultipleNegativesRankingLoss always behaves as ST's
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -196,16 +202,28 @@ def multiple_negatives_ranking_loss(
     _check_mnrl_options(scale, directions, partition_mode, hardness_mode, hardness_strength)
     queries, positives = _as_float32(anchor), _as_float32(positive)
     docs = jnp.concatenate([positives, *(_as_float32(n) for n in negatives)])  # [B * (1 + N), D]
-    batch_size, columns = queries.shape[0], 1 + len(negatives)
-    own_docs = jnp.tile(jnp.eye(batch_size, dtype=bool), (1, columns))  # [B, B * (1 + N)]
+    rows = jnp.arange(queries.shape[0])
+    options = (scale, tuple(directions), partition_mode, hardness_mode, hardness_strength)
+    return jnp.mean(_mnrl_row_losses(queries, positives, docs, rows, *options))
 
-    similarities = {"query_to_doc": cos_sim(queries, docs)}
+
+def _mnrl_row_losses(
+    queries, positives, docs, rows, scale, directions, partition_mode, hardness_mode, hardness_strength
+):
+    """MNRL's per-row losses [m] of the rows `rows` [m] of the score matrices (all rows: the plain loss)."""
+    batch_size = queries.shape[0]
+    columns = docs.shape[0] // batch_size
+    own = rows[:, None] == jnp.arange(batch_size)[None, :]  # [m, B]: each row's own column
+    own_docs = jnp.tile(own, (1, columns))  # [m, B * (1 + N)]
+    local_queries, local_positives = queries[rows], positives[rows]
+
+    similarities = {"query_to_doc": cos_sim(local_queries, docs)}
     if "query_to_query" in directions:
-        similarities["query_to_query"] = jnp.where(jnp.eye(batch_size, dtype=bool), -jnp.inf, cos_sim(queries, queries))
+        similarities["query_to_query"] = jnp.where(own, -jnp.inf, cos_sim(local_queries, queries))
     if "doc_to_query" in directions:
-        similarities["doc_to_query"] = cos_sim(queries, positives).T
+        similarities["doc_to_query"] = cos_sim(queries, local_positives).T
     if "doc_to_doc" in directions:
-        similarities["doc_to_doc"] = jnp.where(own_docs, -jnp.inf, cos_sim(docs, positives).T)
+        similarities["doc_to_doc"] = jnp.where(own_docs, -jnp.inf, cos_sim(docs, local_positives).T)
 
     logits = {key: value * scale for key, value in similarities.items()}
     if hardness_mode is not None and hardness_strength > 0:
@@ -220,12 +238,60 @@ def multiple_negatives_ranking_loss(
         penalty = hardness_strength * jax.lax.stop_gradient(similarities["query_to_doc"])
         logits["query_to_doc"] = logits["query_to_doc"] + jnp.where(penalized, penalty, 0.0)
 
-    positive_logits = jnp.diagonal(logits["query_to_doc"][:, :batch_size])
+    positive_logits = jnp.sum(jnp.where(own, logits["query_to_doc"][:, :batch_size], 0.0), axis=1)
     if partition_mode == "joint":
         log_partition = jax.nn.logsumexp(jnp.concatenate(list(logits.values()), axis=1), axis=1)
     else:
         log_partition = sum(jax.nn.logsumexp(value, axis=1) for value in logits.values()) / len(logits)
-    return -jnp.mean(positive_logits - log_partition)
+    return log_partition - positive_logits
+
+
+# ST losses/cached_multiple_negatives_ranking.py calculate_loss: the same loss, its score matrix
+# computed mini_batch_size rows at a time. Each chunk runs under jax.checkpoint inside a scan, so
+# the backward pass recomputes it too: memory O(mini_batch_size x B(1 + N)), not O(B x B(1 + N)).
+def cached_multiple_negatives_ranking_loss(
+    anchor: jax.Array,
+    positive: jax.Array,
+    *negatives: jax.Array,
+    mini_batch_size: int = 32,
+    scale: float = 20.0,
+    directions: Sequence[str] = ("query_to_doc",),
+    partition_mode: str = "joint",
+    hardness_mode: str | None = None,
+    hardness_strength: float = 0.0,
+) -> jax.Array:
+    _check_mnrl_options(scale, directions, partition_mode, hardness_mode, hardness_strength)
+    queries, positives = _as_float32(anchor), _as_float32(positive)
+    docs = jnp.concatenate([positives, *(_as_float32(n) for n in negatives)])
+    options = (scale, tuple(directions), partition_mode, hardness_mode, hardness_strength)
+
+    def chunk_loss(queries, positives, docs, rows, valid):
+        return jnp.sum(jnp.where(valid, _mnrl_row_losses(queries, positives, docs, rows, *options), 0.0))
+
+    total = _sum_over_row_chunks(
+        jax.checkpoint(chunk_loss), queries.shape[0], mini_batch_size, queries, positives, docs
+    )
+    return total / queries.shape[0]
+
+
+def _sum_over_row_chunks(chunk_fn, batch_size: int, mini_batch_size: int, *arrays: jax.Array) -> jax.Array:
+    """sum over chunks of chunk_fn(*arrays, rows, valid), rows [m] the chunk's row indices, in a scan.
+
+    Chunks are rows [k m, (k + 1) m), as ST's; the last one, if short, is shifted back to end at B
+    and `valid` marks the rows not already counted.
+    """
+    if mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be positive, got {mini_batch_size}")
+    size = min(mini_batch_size, batch_size)
+    starts = jnp.arange(0, batch_size, size)
+
+    def body(total, start):
+        first = jnp.minimum(start, batch_size - size)
+        rows = first + jnp.arange(size)
+        return total + chunk_fn(*arrays, rows, rows >= start), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), starts)
+    return total
 
 
 def _cosent(scores: jax.Array, labels: jax.Array) -> jax.Array:
@@ -284,6 +350,209 @@ def mse_loss(*students: jax.Array, teacher: jax.Array) -> jax.Array:
     return jnp.mean(jnp.stack([jnp.mean((_as_float32(s) - t) ** 2) for s, t in zip(students, teachers)]))
 
 
+# ----------------------------------------------------------------------------- guided and distillation losses
+
+
+def _torch_cos_sim_matrix(x: jax.Array, y: jax.Array) -> jax.Array:
+    """nn.CosineSimilarity(dim=-1)(x[:, None], y[None]) -> [Bx, By]: each side over its norm clamped at 1e-8."""
+    return _normalize(x, 1e-8) @ _normalize(y, 1e-8).T
+
+
+GIST_MARGIN_STRATEGIES = ("absolute", "relative")
+
+
+def _gist_row_losses(
+    anchors,
+    candidates,
+    guide_anchors,
+    guide_candidates,
+    rows,
+    temperature,
+    margin_strategy,
+    margin,
+    contrast_anchors,
+    contrast_positives,
+):
+    """GIST's per-row cross-entropies [m] of the rows `rows` [m]; ST losses/gist_embed.py and
+    cached_gist_embed.py (candidates: positives then each negative column, [B, D] each)."""
+    batch_size = anchors.shape[0]
+    own = rows[:, None] == jnp.arange(batch_size)[None, :]  # [m, B]
+    anchor_rows, guide_anchor_rows = anchors[rows], guide_anchors[rows]
+    positives, guide_positives = candidates[0], guide_candidates[0]
+    guided_positive = _torch_cos_sim_matrix(guide_anchor_rows, guide_positives)
+    # the guide's anchor-positive similarity is each row's threshold
+    threshold = jnp.sum(jnp.where(own, guided_positive, 0.0), axis=1, keepdims=True)  # [m, 1]
+    if margin_strategy == "absolute":
+        threshold = threshold - margin
+    else:
+        threshold = threshold - jnp.abs(threshold) * margin
+
+    def suppress(guided, scores, protect=None):
+        # a candidate the guide finds more similar than the positive (less the margin) is a false negative
+        mask = guided > threshold
+        if protect is not None:
+            mask = mask & ~protect
+        return jnp.where(mask, -jnp.inf, scores)
+
+    scores = [suppress(guided_positive, _torch_cos_sim_matrix(anchor_rows, positives), own)]
+    if contrast_anchors:
+        anchor_scores = suppress(
+            _torch_cos_sim_matrix(guide_anchor_rows, guide_anchors), _torch_cos_sim_matrix(anchor_rows, anchors)
+        )
+        scores.append(jnp.where(own, -jnp.inf, anchor_scores))  # no self-negative
+    if contrast_positives:
+        positive_scores = suppress(
+            _torch_cos_sim_matrix(guide_positives[rows], guide_positives),
+            _torch_cos_sim_matrix(positives[rows], positives),
+        )
+        scores.append(jnp.where(own, -jnp.inf, positive_scores))
+    for negatives, guide_negatives in zip(candidates[1:], guide_candidates[1:]):
+        scores.append(
+            suppress(
+                _torch_cos_sim_matrix(guide_anchor_rows, guide_negatives), _torch_cos_sim_matrix(anchor_rows, negatives)
+            )
+        )
+    logits = jnp.concatenate(scores, axis=1) / temperature
+    positive_logits = jnp.sum(jnp.where(own, logits[:, :batch_size], 0.0), axis=1)
+    return jax.nn.logsumexp(logits, axis=1) - positive_logits
+
+
+def _check_gist_options(temperature, margin_strategy):
+    if margin_strategy not in GIST_MARGIN_STRATEGIES:
+        raise ValueError("margin_strategy must be 'absolute' or 'relative'.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+
+# ST losses/gist_embed.py (GISTEmbedLoss) and, with mini_batch_size, losses/cached_gist_embed.py
+# (CachedGISTEmbedLoss): InfoNCE over anchor-positive, anchor-anchor, positive-positive and
+# anchor-negative similarities / temperature, where every candidate that the frozen guide scores
+# above the anchor's own positive (less the margin) is dropped as a false negative.
+def gist_embed_loss(
+    anchor: jax.Array,
+    positive: jax.Array,
+    *negatives: jax.Array,
+    guide_embeddings: Sequence[jax.Array],
+    temperature: float = 0.01,
+    margin_strategy: str = "absolute",
+    margin: float = 0.0,
+    contrast_anchors: bool = True,
+    contrast_positives: bool = True,
+    mini_batch_size: int | None = None,
+) -> jax.Array:
+    _check_gist_options(temperature, margin_strategy)
+    columns = [_as_float32(c) for c in (anchor, positive, *negatives)]
+    guides = [jax.lax.stop_gradient(_as_float32(g)) for g in guide_embeddings]
+    if len(guides) != len(columns):
+        raise ValueError(f"GISTEmbedLoss: {len(columns)} embedding columns but {len(guides)} guide columns")
+    options = (temperature, margin_strategy, margin, contrast_anchors, contrast_positives)
+    batch_size = columns[0].shape[0]
+
+    def chunk_loss(anchors, candidates, guide_anchors, guide_candidates, rows, valid):
+        losses = _gist_row_losses(anchors, candidates, guide_anchors, guide_candidates, rows, *options)
+        return jnp.sum(jnp.where(valid, losses, 0.0))
+
+    arrays = (columns[0], columns[1:], guides[0], guides[1:])
+    if mini_batch_size is None:
+        rows = jnp.arange(batch_size)
+        return chunk_loss(*arrays, rows, rows >= 0) / batch_size
+    return _sum_over_row_chunks(jax.checkpoint(chunk_loss), batch_size, mini_batch_size, *arrays) / batch_size
+
+
+# MarginMSELoss / DistillKLDivLoss's similarity_fct: ST util pairwise_dot_score (default) or pairwise_cos_sim.
+PAIRWISE_SIMILARITIES = {"dot": lambda x, y: jnp.sum(x * y, axis=-1), "cosine": pairwise_cos_sim}
+
+
+# ST losses/margin_mse.py: MSE between sim(q, pos) - sim(q, neg_k) and the teacher's margins. labels:
+# [B] (one negative), [B, N] margins, or [B, N + 1] scores (positive first) whose differences are taken.
+def margin_mse_loss(
+    query: jax.Array, positive: jax.Array, *negatives: jax.Array, labels: jax.Array, similarity_fct: str = "dot"
+) -> jax.Array:
+    similarity = _pick(PAIRWISE_SIMILARITIES, similarity_fct, "similarity_fct")
+    if not negatives:
+        raise ValueError("MarginMSELoss expects (query, positive, negative_1, ...) columns, got 2")
+    query, positive = _as_float32(query), _as_float32(positive)
+    batch_size, count = query.shape[0], len(negatives)
+    labels = jax.lax.stop_gradient(_as_float32(labels))
+    if labels.shape == (batch_size, count + 1):
+        labels = labels[:, :1] - labels[:, 1:]
+    if labels.shape == (batch_size,):
+        labels = labels[:, None]
+    if labels.shape != (batch_size, count):
+        raise ValueError(
+            f"Labels shape {labels.shape} does not match expected shape {(batch_size, count)}: give the "
+            "teacher's margins (num_negatives per row) or its positive and negative scores (num_negatives + 1)."
+        )
+    positive_scores = similarity(query, positive)
+    margins = jnp.stack([positive_scores - similarity(query, _as_float32(n)) for n in negatives], axis=1)
+    return jnp.mean((margins - labels) ** 2)
+
+
+# ST losses/distill_kl_div.py: KL(teacher || student) over each row's candidates, batch mean,
+# times student_temperature**2; student scores sim(q, candidate) / student_temperature, teacher
+# scores (labels [B, N]) / teacher_temperature.
+def distill_kl_div_loss(
+    query: jax.Array,
+    *candidates: jax.Array,
+    labels: jax.Array,
+    similarity_fct: str = "dot",
+    student_temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+) -> jax.Array:
+    similarity = _pick(PAIRWISE_SIMILARITIES, similarity_fct, "similarity_fct")
+    if len(candidates) < 2:
+        raise ValueError(
+            f"DistillKLDivLoss expects at least 3 columns (query, positive, negative_1, ...), but got {1 + len(candidates)}"
+        )
+    query = _as_float32(query)
+    batch_size = query.shape[0]
+    if labels is None or tuple(labels.shape) != (batch_size, len(candidates)):
+        shape = None if labels is None else tuple(labels.shape)
+        raise ValueError(
+            f"DistillKLDivLoss expects teacher scores of shape (batch_size, N) = ({batch_size}, {len(candidates)}), got {shape}"
+        )
+    student = jnp.stack([similarity(query, _as_float32(c)) for c in candidates], axis=1) / student_temperature
+    student_log_probs = jax.nn.log_softmax(student, axis=1)
+    teacher_probs = jax.nn.softmax(jax.lax.stop_gradient(_as_float32(labels)) / teacher_temperature, axis=1)
+    # nn.KLDivLoss(reduction="batchmean"): sum of p (log p - log q) / B, with 0 log 0 = 0
+    pointwise = jax.scipy.special.xlogy(teacher_probs, teacher_probs) - teacher_probs * student_log_probs
+    return jnp.sum(pointwise) / batch_size * student_temperature**2
+
+
+# ST losses/softmax.py: a linear classifier on (u, v, |u - v|, u * v as configured), cross-entropy
+# on integer labels. params: {"weight": [num_labels, in] (torch's layout), "bias": [num_labels]}.
+def softmax_loss(
+    first: jax.Array,
+    second: jax.Array,
+    labels: jax.Array,
+    params: Mapping[str, jax.Array],
+    concatenation_sent_rep: bool = True,
+    concatenation_sent_difference: bool = True,
+    concatenation_sent_multiplication: bool = False,
+) -> jax.Array:
+    logits = softmax_logits(
+        first, second, params, concatenation_sent_rep, concatenation_sent_difference, concatenation_sent_multiplication
+    )
+    labels = jnp.asarray(labels).reshape(-1).astype(jnp.int32)
+    if labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"SoftmaxLoss expects {logits.shape[0]} labels (one per example), got {labels.shape[0]}")
+    log_probs = jax.nn.log_softmax(logits, axis=1)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+
+
+def softmax_logits(first, second, params, rep=True, difference=True, multiplication=False) -> jax.Array:
+    """SoftmaxLoss's classifier output [B, num_labels] (ST computes it for prediction, too)."""
+    first, second = _as_float32(first), _as_float32(second)
+    features = []
+    if rep:
+        features += [first, second]
+    if difference:
+        features.append(jnp.abs(first - second))
+    if multiplication:
+        features.append(first * second)
+    return jnp.concatenate(features, axis=1) @ params["weight"].T + params["bias"]
+
+
 # ----------------------------------------------------------------------------- loss objects
 
 
@@ -293,27 +562,50 @@ class LossFunction(Protocol):
     - `takes_labels`: whether the label column is read (the data must then have one);
     - `needs_key`: whether the loss draws random numbers; TrainStep then passes a fresh PRNG key
       each step as `key=` (derived from the run's seed and the step, so a resumed run draws the same);
-    - `__call__(embeddings, labels)`: one [B, D] array per text column and the labels (or None)
-      -> a scalar; a loss with `needs_key` also takes `key=`.
+    - `mini_batch_size`: None, or the rows per device of each embedding pass: TrainStep then embeds
+      the global batch by GradCache (flaxenc.gradcache), so its activations are those of one
+      mini-batch and the loss still sees every embedding of the global batch;
+    - `guide`: None, or a frozen SentenceModel (GISTEmbedLoss's guide); TrainStep embeds the same
+      columns with it, without gradient, and passes them as `guide_embeddings=`;
+    - `init_params(embedding_dimension, key)`: None, or the loss's own trainable parameters
+      (SoftmaxLoss's classifier); TrainStep trains them beside the model's and passes them as `params=`;
+    - `__call__(embeddings, labels, **options)`: one [B, D] array per text column and the labels (or
+      None) -> a scalar; options are the `key=`, `guide_embeddings=` and `params=` above, each only
+      for a loss that asks for it.
+
+    `Loss` gives the defaults (no key, no mini-batches, no guide, no parameters); a plain function
+    of (embeddings, labels) also trains, with the same defaults.
     """
 
     takes_labels: bool
     needs_key: bool
+    mini_batch_size: int | None
+    guide: Any
 
-    def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None, **key: jax.Array) -> jax.Array: ...
+    def init_params(self, embedding_dimension: int, key: jax.Array) -> Any: ...
+
+    def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None, **options: Any) -> jax.Array: ...
 
 
-class _Loss:
-    """Shared by the loss dataclasses: `name` is the key in LOSSES; see LossFunction for the rest."""
+class Loss:
+    """Base of the loss dataclasses: `name` is the key in LOSSES; see LossFunction for the rest."""
 
     name: ClassVar[str]
     takes_labels: ClassVar[bool] = True
     needs_key: ClassVar[bool] = False
     # The labels the loss is meant for: a (low, high) range, a set of allowed values, or None for any.
     label_range: ClassVar[tuple[float, float] | frozenset[float] | None] = None
+    mini_batch_size: ClassVar[int | None] = None
+    guide: ClassVar[Any] = None
+
+    def init_params(self, embedding_dimension: int, key: jax.Array) -> Any:
+        return None
 
     def __call__(self, embeddings: Sequence[jax.Array], labels: jax.Array | None) -> jax.Array:
         raise NotImplementedError
+
+
+_Loss = Loss  # the former private name
 
 
 def _columns(embeddings: Sequence[jax.Array], expected: int | None, loss_name: str, at_least: int = 2) -> list:
@@ -526,6 +818,223 @@ class MatryoshkaLoss(_Loss):
         return total
 
 
+# ----------------------------------------------------------------------------- losses for large batches, guided, distilled
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
+    """MultipleNegativesRankingLoss by GradCache (ST's CachedMultipleNegativesRankingLoss).
+
+    TrainStep embeds the batch mini_batch_size rows per device at a time (flaxenc.gradcache), and the
+    loss computes its score matrix mini_batch_size rows at a time; values and gradients are MNRL's.
+    """
+
+    name: ClassVar[str] = "cached_multiple_negatives_ranking"
+    # rows per device of each embedding pass, and rows of each chunk of the score matrix
+    mini_batch_size: int = 32
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be positive, got {self.mini_batch_size}")
+
+    def __call__(self, embeddings, labels=None):
+        return cached_multiple_negatives_ranking_loss(
+            *_columns(embeddings, None, "CachedMultipleNegativesRankingLoss"),
+            mini_batch_size=self.mini_batch_size,
+            scale=self.scale,
+            directions=self.directions,
+            partition_mode=self.partition_mode,
+            hardness_mode=self.hardness_mode,
+            hardness_strength=self.hardness_strength,
+        )
+
+
+_SYMMETRIC = {"directions": ("query_to_doc", "doc_to_query"), "partition_mode": "per_direction"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MultipleNegativesSymmetricRankingLoss(Loss):
+    """ST's (deprecated) symmetric MNRL: MNRL with directions query_to_doc and doc_to_query, per_direction."""
+
+    name: ClassVar[str] = "multiple_negatives_symmetric_ranking"
+    takes_labels: ClassVar[bool] = False
+    scale: float = 20.0
+
+    def __call__(self, embeddings, labels=None):
+        columns = _columns(embeddings, None, "MultipleNegativesSymmetricRankingLoss")
+        return multiple_negatives_ranking_loss(*columns, scale=self.scale, **_SYMMETRIC)
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedMultipleNegativesSymmetricRankingLoss(Loss):
+    """ST's CachedMultipleNegativesSymmetricRankingLoss: the symmetric MNRL by GradCache."""
+
+    name: ClassVar[str] = "cached_multiple_negatives_symmetric_ranking"
+    takes_labels: ClassVar[bool] = False
+    scale: float = 20.0
+    mini_batch_size: int = 32
+
+    def __call__(self, embeddings, labels=None):
+        columns = _columns(embeddings, None, "CachedMultipleNegativesSymmetricRankingLoss")
+        return cached_multiple_negatives_ranking_loss(
+            *columns, mini_batch_size=self.mini_batch_size, scale=self.scale, **_SYMMETRIC
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GISTEmbedLoss(Loss):
+    """ST's GISTEmbedLoss: MNRL-like InfoNCE whose false negatives a frozen guide model removes.
+
+    guide: a SentenceModel (e.g. `SentenceEncoder.from_pretrained(...).model`) that shares the
+    trained model's tokenizer (its vocabulary and a max_seq_length at least the model's): TrainStep
+    embeds the batch's columns with it, without gradient, and passes them as `guide_embeddings`.
+    (ST re-tokenizes for a guide with another tokenizer; flaxenc asks for one tokenizer.)
+    Columns: (anchor, positive) or (anchor, positive, negative).
+    """
+
+    name: ClassVar[str] = "gist"
+    takes_labels: ClassVar[bool] = False
+    guide: Any = None
+    temperature: float = 0.01
+    margin_strategy: str = "absolute"
+    margin: float = 0.0
+    contrast_anchors: bool = True
+    contrast_positives: bool = True
+
+    def __post_init__(self):
+        _check_gist_options(self.temperature, self.margin_strategy)
+
+    def _options(self) -> dict:
+        names = ("temperature", "margin_strategy", "margin", "contrast_anchors", "contrast_positives")
+        return {name: getattr(self, name) for name in names}
+
+    def __call__(self, embeddings, labels=None, *, guide_embeddings=None):
+        columns = _columns(embeddings, None, type(self).__name__)
+        if guide_embeddings is None:
+            raise ValueError(f"{type(self).__name__} needs the guide's embeddings: give it a `guide` model")
+        if len(columns) > 3 and self.mini_batch_size is None:
+            raise ValueError(f"Expected 2 or 3 embeddings, got {len(columns)}")
+        return gist_embed_loss(
+            *columns, guide_embeddings=guide_embeddings, mini_batch_size=self.mini_batch_size, **self._options()
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CachedGISTEmbedLoss(GISTEmbedLoss):
+    """ST's CachedGISTEmbedLoss: GISTEmbedLoss by GradCache, any number of negative columns."""
+
+    name: ClassVar[str] = "cached_gist"
+    mini_batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginMSELoss(Loss):
+    """ST's MarginMSELoss: labels are the teacher's margins [B, N] (or [B]) or scores [B, N + 1]."""
+
+    name: ClassVar[str] = "margin_mse"
+    # "dot" (ST's default pairwise_dot_score) or "cosine"
+    similarity_fct: str = "dot"
+
+    def __post_init__(self):
+        _pick(PAIRWISE_SIMILARITIES, self.similarity_fct, "similarity_fct")
+
+    def __call__(self, embeddings, labels):
+        columns = _columns(embeddings, None, "MarginMSELoss", at_least=3)
+        return margin_mse_loss(*columns, labels=labels, similarity_fct=self.similarity_fct)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillKLDivLoss(Loss):
+    """ST's DistillKLDivLoss: labels are the teacher's scores [B, N] of the N candidate columns."""
+
+    name: ClassVar[str] = "distill_kl_div"
+    similarity_fct: str = "dot"
+    temperature: float = 1.0
+    # None: `temperature`
+    student_temperature: float | None = None
+    teacher_temperature: float | None = None
+
+    def __post_init__(self):
+        _pick(PAIRWISE_SIMILARITIES, self.similarity_fct, "similarity_fct")
+        for label in ("temperature", "student_temperature", "teacher_temperature"):
+            value = getattr(self, label)
+            if value is not None and not 0 < value < float("inf"):
+                raise ValueError(f"{label} must be a positive finite number, got {value}.")
+
+    def __call__(self, embeddings, labels):
+        student = self.temperature if self.student_temperature is None else self.student_temperature
+        teacher = self.temperature if self.teacher_temperature is None else self.teacher_temperature
+        columns = _columns(embeddings, None, "DistillKLDivLoss", at_least=1)
+        return distill_kl_div_loss(
+            *columns,
+            labels=labels,
+            similarity_fct=self.similarity_fct,
+            student_temperature=student,
+            teacher_temperature=teacher,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxLoss(Loss):
+    """ST's SoftmaxLoss (SBERT's NLI recipe): a linear classifier on (u, v, |u - v|), trained with the model.
+
+    Its parameters ({"weight": [num_labels, in], "bias": [num_labels]}, torch's nn.Linear layout and
+    initialization) come from `init_params`; TrainStep trains them and passes them as `params=`.
+    """
+
+    name: ClassVar[str] = "softmax"
+    embedding_dimension: int
+    num_labels: int
+    concatenation_sent_rep: bool = True
+    concatenation_sent_difference: bool = True
+    concatenation_sent_multiplication: bool = False
+
+    def __post_init__(self):
+        if not (
+            self.concatenation_sent_rep or self.concatenation_sent_difference or self.concatenation_sent_multiplication
+        ):
+            raise ValueError(
+                "At least one of concatenation_sent_rep, concatenation_sent_difference, "
+                "or concatenation_sent_multiplication must be True."
+            )
+
+    @property
+    def in_features(self) -> int:
+        vectors = (
+            2 * self.concatenation_sent_rep
+            + self.concatenation_sent_difference
+            + self.concatenation_sent_multiplication
+        )
+        return vectors * self.embedding_dimension
+
+    def init_params(self, embedding_dimension: int | None = None, key: jax.Array | None = None) -> dict:
+        """nn.Linear's initialization: weight and bias uniform in +-1 / sqrt(in_features)."""
+        if embedding_dimension is not None and embedding_dimension != self.embedding_dimension:
+            raise ValueError(
+                f"SoftmaxLoss was built for embedding_dimension {self.embedding_dimension}, the model gives {embedding_dimension}"
+            )
+        key = jax.random.key(0) if key is None else key
+        bound = 1.0 / self.in_features**0.5
+        weight_key, bias_key = jax.random.split(key)
+        return {
+            "weight": jax.random.uniform(weight_key, (self.num_labels, self.in_features), jnp.float32, -bound, bound),
+            "bias": jax.random.uniform(bias_key, (self.num_labels,), jnp.float32, -bound, bound),
+        }
+
+    def __call__(self, embeddings, labels, *, params):
+        first, second = _columns(embeddings, 2, "SoftmaxLoss")
+        return softmax_loss(
+            first,
+            second,
+            labels,
+            params,
+            self.concatenation_sent_rep,
+            self.concatenation_sent_difference,
+            self.concatenation_sent_multiplication,
+        )
+
+
 LOSSES: dict[str, type] = {
     cls.name: cls
     for cls in (
@@ -538,14 +1047,24 @@ LOSSES: dict[str, type] = {
         TripletLoss,
         MSELoss,
         MatryoshkaLoss,
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesSymmetricRankingLoss,
+        CachedMultipleNegativesSymmetricRankingLoss,
+        GISTEmbedLoss,
+        CachedGISTEmbedLoss,
+        MarginMSELoss,
+        DistillKLDivLoss,
     )
 }
+# SoftmaxLoss is not in LOSSES: its classifier must be created with the train state
+# (init_train_state(model, tx, seed, loss=loss)), which flaxenc-train does not do yet.
 
 
 def get_loss(name: str, **kwargs) -> _Loss:
     """The loss called `name` in LOSSES, built with `kwargs` (ST's argument names).
 
     For "matryoshka", `loss` may be a loss object, a name, or a mapping {"name": ..., **its kwargs}.
+    For "gist" and "cached_gist", `guide` may be a SentenceModel or a path or hub id to load one from.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
@@ -555,6 +1074,11 @@ def get_loss(name: str, **kwargs) -> _Loss:
     if unknown:
         raise ValueError(f"unknown argument(s) {unknown} for loss {name!r}; it takes {known or 'no arguments'}")
     inner = kwargs.get("loss")
+    guide = kwargs.get("guide")
+    if name in ("gist", "cached_gist") and isinstance(guide, (str, os.PathLike)):
+        from flaxenc.encoder import SentenceEncoder  # the loader only where a guide is named by path
+
+        kwargs["guide"] = SentenceEncoder.from_pretrained(guide).model
     if name == "matryoshka" and isinstance(inner, str):
         kwargs["loss"] = get_loss(inner)
     elif name == "matryoshka" and isinstance(inner, Mapping):

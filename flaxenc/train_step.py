@@ -20,18 +20,35 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flaxenc import compile_cache, sharding
+from flaxenc.gradcache import cached_embed_columns
 from flaxenc.losses import LossFunction
 from flaxenc.sentence_model import SentenceModel
 
 # A batch: one {"input_ids", "attention_mask"} dict of [B, T] int arrays per text column, and
 # "labels" ([B] float scores or binary labels; absent for losses without labels); with packed
-# sentences (flaxenc.packing.pack_batch) also "packed" rows and a "token_index" per column.
+# sentences (flaxenc.packing.pack_batch) also "packed" rows and a "token_index" per column. A column
+# may carry "prompt_length" [B]: the prompt's tokens at the start of each row (prompts at training time,
+# ST's `prompts` argument), which pooling leaves out where the model's Pooling has include_prompt=False.
 Batch = dict[str, Any]
+
+
+class ModelAndLossParams(NamedTuple):
+    """TrainState.params for a loss with its own parameters (SoftmaxLoss's classifier)."""
+
+    model: nnx.State
+    loss: Any
+
+
+def split_params(params) -> tuple[nnx.State, Any]:
+    """(the model's parameters, the loss's or None) of TrainState.params."""
+    if isinstance(params, ModelAndLossParams):
+        return params.model, params.loss
+    return params, None
 
 
 class TrainState(NamedTuple):
     step: jax.Array  # micro-steps taken (optimizer steps x accumulation steps)
-    params: nnx.State
+    params: nnx.State  # or ModelAndLossParams for a loss with parameters
     opt_state: optax.OptState
     rng: jax.Array  # base key; step k drops out with fold_in(rng, k)
 
@@ -49,16 +66,33 @@ def embed_columns(
     def merged(key):
         return jnp.concatenate([jnp.pad(c[key], ((0, 0), (0, length - c[key].shape[1]))) for c in columns])
 
+    prompt_length = None
+    if "prompt_length" in columns[0]:
+        prompt_length = jnp.concatenate([jnp.asarray(c["prompt_length"]).reshape(-1) for c in columns])[:, None]
     if packed is None:
-        embeddings = model(merged("input_ids"), merged("attention_mask"), dropout_key=dropout_key)
+        embeddings = model(
+            merged("input_ids"), merged("attention_mask"), prompt_length=prompt_length, dropout_key=dropout_key
+        )
     else:
-        embeddings = model.embed_packed(packed, merged("token_index"), merged("attention_mask"), dropout_key)
+        embeddings = model.embed_packed(
+            packed, merged("token_index"), merged("attention_mask"), dropout_key, prompt_length
+        )
     return jnp.split(embeddings, len(columns))
 
 
-def init_train_state(model: SentenceModel, tx: optax.GradientTransformation, seed: int = 0):
-    """(graphdef, state): the static structure and the initial training state of `model`."""
+def init_train_state(model: SentenceModel, tx: optax.GradientTransformation, seed: int = 0, loss: Any = None):
+    """(graphdef, state): the static structure and the initial training state of `model`.
+
+    A `loss` whose init_params gives parameters (SoftmaxLoss) has them trained too: state.params is
+    then ModelAndLossParams(model, loss).
+    """
     graphdef, params = nnx.split(model)
+    init_params = getattr(loss, "init_params", None)
+    loss_params = None
+    if init_params is not None:
+        loss_params = init_params(model.embedding_dimension, jax.random.fold_in(jax.random.key(seed), 2**20))
+    if loss_params is not None:
+        params = ModelAndLossParams(params, loss_params)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -100,14 +134,35 @@ def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     return step_key, jax.random.fold_in(step_key, 1)
 
 
-def _train_step(graphdef, loss: LossFunction, tx, learning_rate_fn, accumulation_steps, dropout, state: TrainState, batch):
+def _train_step(
+    graphdef,
+    loss: LossFunction,
+    tx,
+    learning_rate_fn,
+    accumulation_steps,
+    dropout,
+    state: TrainState,
+    batch,
+    mesh: Mesh | None = None,
+    guide: tuple[nnx.GraphDef, nnx.State] | None = None,
+):
     dropout_key, loss_key = step_keys(state.rng, state.step)
     loss_options = {"key": loss_key} if getattr(loss, "needs_key", False) else {}  # plain functions need none
+    mini_batch_size = getattr(loss, "mini_batch_size", None)
+
+    def embed(model, key):
+        if mini_batch_size is not None:  # GradCache: activations of one mini-batch at a time
+            return cached_embed_columns(model, batch["columns"], mini_batch_size, key, mesh)
+        return embed_columns(model, batch["columns"], key, batch.get("packed"))
+
+    if guide is not None:  # a frozen guide model (GISTEmbedLoss): its embeddings of the same columns
+        loss_options["guide_embeddings"] = [jax.lax.stop_gradient(e) for e in embed(nnx.merge(*guide), None)]
 
     def loss_of(params):
-        model = nnx.merge(graphdef, params)
-        embeddings = embed_columns(model, batch["columns"], dropout_key if dropout else None, batch.get("packed"))
-        return loss(embeddings, batch.get("labels"), **loss_options)
+        model_params, loss_params = split_params(params)
+        embeddings = embed(nnx.merge(graphdef, model_params), dropout_key if dropout else None)
+        options = loss_options if loss_params is None else {**loss_options, "params": loss_params}
+        return loss(embeddings, batch.get("labels"), **options)
 
     loss_value, grads = jax.value_and_grad(loss_of)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -123,7 +178,10 @@ class TrainStep:
     """The compiled step. `state, metrics = step(state, batch)`; `state` is donated.
 
     loss: a flaxenc.losses.LossFunction, e.g. flaxenc.losses.CosineSimilarityLoss(); a loss that
-        `needs_key` gets a fresh key each step (`step_keys`).
+        `needs_key` gets a fresh key each step (`step_keys`); one with a `mini_batch_size` is
+        trained by GradCache (flaxenc.gradcache); one with a `guide` model gets the guide's
+        embeddings (its parameters are an argument of the compiled step, replicated, never updated);
+        one with parameters (init_train_state(..., loss=loss)) gets them as `params=`.
     learning_rate_fn: the optimizer's schedule, reported as metrics["learning_rate"].
     dropout: False runs the model deterministically (for parity tests and evaluation).
     """
@@ -142,9 +200,19 @@ class TrainStep:
         compile_cache.enable()
         self.mesh = sharding.global_data_mesh() if mesh is None else mesh
         self.fsdp = fsdp
-        step = lambda state, batch: _train_step(  # noqa: E731
-            graphdef, loss, tx, learning_rate_fn, accumulation_steps, dropout, state, batch
-        )
+        self._extra_args = ()
+        guide = getattr(loss, "guide", None)
+        guide_graphdef = None
+        if guide is not None:
+            guide_graphdef, guide_params = nnx.split(guide)
+            self._extra_args = (jax.device_put(guide_params, sharding.replicated(self.mesh)),)
+
+        def step(state, batch, *guide_params):
+            guide_model = (guide_graphdef, guide_params[0]) if guide_params else None
+            return _train_step(
+                graphdef, loss, tx, learning_rate_fn, accumulation_steps, dropout, state, batch, self.mesh, guide_model
+            )
+
         self._step = jax.jit(step, donate_argnums=0)
 
     def place_state(self, state: TrainState) -> TrainState:
@@ -154,7 +222,11 @@ class TrainStep:
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         if not isinstance(next(iter(jax.tree.leaves(batch))), jax.Array):
             batch = shard_batch(batch, self.mesh)
-        return self._step(state, batch)
+        return self._step(state, batch, *self._extra_args)
+
+    def lower(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
+        """The step lowered for these shapes (`.compile().memory_analysis()` gives its memory)."""
+        return self._step.lower(state, batch, *self._extra_args)
 
     @property
     def num_compiles(self) -> int:
@@ -164,4 +236,5 @@ class TrainStep:
 
 def params_to_model(graphdef: nnx.GraphDef, state: TrainState) -> SentenceModel:
     """The trained module stack, with parameters gathered to host-readable arrays."""
-    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, jax.device_get(state.params)))
+    model_params, _ = split_params(state.params)
+    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, jax.device_get(model_params)))

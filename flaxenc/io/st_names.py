@@ -65,7 +65,6 @@ def architecture_text(model) -> str:
     return "SentenceTransformer(\n" + "\n".join(lines) + "\n)"
 
 
-
 def st_loss_config(loss: losses._Loss) -> tuple[str, dict[str, Any]]:
     """The loss's ST class name and ST's get_config_dict() for it (sentence_transformer/losses/*.py)."""
     siamese = {"euclidean": "EUCLIDEAN", "manhattan": "MANHATTAN", "cosine_distance": "COSINE_DISTANCE"}
@@ -81,16 +80,54 @@ def st_loss_config(loss: losses._Loss) -> tuple[str, dict[str, Any]]:
         config = {"distance_metric": metric, "margin": loss.margin, "size_average": loss.size_average}
     elif isinstance(loss, losses.OnlineContrastiveLoss):
         config = {"distance_metric": f"SiameseDistanceMetric.{siamese[loss.distance_metric]}", "margin": loss.margin}
-    elif isinstance(loss, losses.MultipleNegativesRankingLoss):
-        config = {
-            "scale": loss.scale,
-            "similarity_fct": "cos_sim",
+    elif isinstance(
+        loss,
+        (
+            losses.MultipleNegativesRankingLoss,
+            losses.MultipleNegativesSymmetricRankingLoss,
+            losses.CachedMultipleNegativesSymmetricRankingLoss,
+        ),
+    ):
+        symmetric = not isinstance(loss, losses.MultipleNegativesRankingLoss)
+        config = {"scale": loss.scale, "similarity_fct": "cos_sim"}
+        if loss.mini_batch_size is not None:  # the cached losses (cached_multiple_negatives_ranking.py)
+            config.update({"mini_batch_size": loss.mini_batch_size, "mini_batch_num_tokens": None})
+        config.update({
             "gather_across_devices": True,  # under jax.jit the loss sees the global batch
-            "directions": loss.directions,
-            "partition_mode": loss.partition_mode,
-            "hardness_mode": loss.hardness_mode,
-            "hardness_strength": loss.hardness_strength,
+            "directions": ("query_to_doc", "doc_to_query") if symmetric else loss.directions,
+            "partition_mode": "per_direction" if symmetric else loss.partition_mode,
+            "hardness_mode": None if symmetric else loss.hardness_mode,
+            "hardness_strength": 0.0 if symmetric else loss.hardness_strength,
+        })  # fmt: skip
+    elif isinstance(loss, losses.GISTEmbedLoss):  # gist_embed.py, cached_gist_embed.py
+        config = {"guide": architecture_text(loss.guide), "temperature": loss.temperature}
+        if loss.mini_batch_size is not None:
+            config.update({"mini_batch_size": loss.mini_batch_size, "mini_batch_num_tokens": None})
+        config.update({
+            "margin_strategy": loss.margin_strategy,
+            "margin": loss.margin,
+            "contrast_anchors": loss.contrast_anchors,
+            "contrast_positives": loss.contrast_positives,
+            "gather_across_devices": True,
+        })  # fmt: skip
+    elif isinstance(loss, losses.MarginMSELoss):
+        config = {"similarity_fct": {"dot": "pairwise_dot_score", "cosine": "pairwise_cos_sim"}[loss.similarity_fct]}
+    elif isinstance(loss, losses.DistillKLDivLoss):
+        config = {
+            "similarity_fct": {"dot": "pairwise_dot_score", "cosine": "pairwise_cos_sim"}[loss.similarity_fct],
+            "temperature": loss.temperature,
         }
+        for name in ("student_temperature", "teacher_temperature"):
+            if getattr(loss, name) not in (None, loss.temperature):
+                config[name] = getattr(loss, name)
+    elif isinstance(loss, losses.SoftmaxLoss):
+        names = (
+            "num_labels",
+            "concatenation_sent_rep",
+            "concatenation_sent_difference",
+            "concatenation_sent_multiplication",
+        )
+        config = {name: getattr(loss, name) for name in names}
     elif isinstance(loss, (losses.CoSENTLoss, losses.AnglELoss)):
         similarity = "pairwise_angle_sim" if isinstance(loss, losses.AnglELoss) else "pairwise_cos_sim"
         config = {"scale": loss.scale, "similarity_fct": similarity}
