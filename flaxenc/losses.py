@@ -605,9 +605,6 @@ class Loss:
         raise NotImplementedError
 
 
-_Loss = Loss  # the former private name
-
-
 def _columns(embeddings: Sequence[jax.Array], expected: int | None, loss_name: str, at_least: int = 2) -> list:
     embeddings = list(embeddings)
     if (expected is not None and len(embeddings) != expected) or len(embeddings) < at_least:
@@ -617,7 +614,7 @@ def _columns(embeddings: Sequence[jax.Array], expected: int | None, loss_name: s
 
 
 @dataclasses.dataclass(frozen=True)
-class CosineSimilarityLoss(_Loss):
+class CosineSimilarityLoss(Loss):
     name: ClassVar[str] = "cosine_similarity"
     label_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # compared with a cosine similarity
     # "mse" (ST's default nn.MSELoss) or "l1" (nn.L1Loss); cos_score_transformation is the identity
@@ -631,7 +628,7 @@ class CosineSimilarityLoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class ContrastiveLoss(_Loss):
+class ContrastiveLoss(Loss):
     name: ClassVar[str] = "contrastive"
     label_range: ClassVar[frozenset[float]] = frozenset({0.0, 1.0})  # 1: similar pair, 0: dissimilar
     # ST's default is SiameseDistanceMetric.COSINE_DISTANCE; also "euclidean", "manhattan"
@@ -649,7 +646,7 @@ class ContrastiveLoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineContrastiveLoss(_Loss):
+class OnlineContrastiveLoss(Loss):
     name: ClassVar[str] = "online_contrastive"
     label_range: ClassVar[frozenset[float]] = frozenset({0.0, 1.0})
     distance_metric: str = "cosine_distance"
@@ -664,7 +661,7 @@ class OnlineContrastiveLoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class MultipleNegativesRankingLoss(_Loss):
+class MultipleNegativesRankingLoss(Loss):
     name: ClassVar[str] = "multiple_negatives_ranking"
     takes_labels: ClassVar[bool] = False
     # logits are scale * cosine similarity (scale = 1 / temperature)
@@ -695,7 +692,7 @@ class MultipleNegativesRankingLoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class CoSENTLoss(_Loss):
+class CoSENTLoss(Loss):
     name: ClassVar[str] = "cosent"
     scale: float = 20.0
 
@@ -705,7 +702,7 @@ class CoSENTLoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class AnglELoss(_Loss):
+class AnglELoss(Loss):
     name: ClassVar[str] = "angle"
     scale: float = 20.0
 
@@ -714,7 +711,7 @@ class AnglELoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class TripletLoss(_Loss):
+class TripletLoss(Loss):
     name: ClassVar[str] = "triplet"
     takes_labels: ClassVar[bool] = False
     # "euclidean" (ST's default), "cosine" or "manhattan"
@@ -729,7 +726,7 @@ class TripletLoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class MSELoss(_Loss):
+class MSELoss(Loss):
     """Labels are the teacher's embeddings: [B, D] for every column, or [B, C, D] one per column."""
 
     name: ClassVar[str] = "mse"
@@ -741,7 +738,7 @@ class MSELoss(_Loss):
 
 
 @dataclasses.dataclass(frozen=True)
-class MatryoshkaLoss(_Loss):
+class MatryoshkaLoss(Loss):
     """Sum over dims of weight * loss(embeddings cut to dim and re-normalized); ST losses/matryoshka.py.
 
     ST's `shrink` slices AND L2-normalizes each column (F.normalize), so the wrapped loss sees unit
@@ -752,7 +749,7 @@ class MatryoshkaLoss(_Loss):
 
     name: ClassVar[str] = "matryoshka"
     # the wrapped loss, any other flaxenc loss object
-    loss: _Loss
+    loss: Loss
     # e.g. (768, 512, 256, 128, 64); kept sorted in descending order, as ST does
     matryoshka_dims: tuple[int, ...]
     # one weight per dim, default 1 each
@@ -761,7 +758,7 @@ class MatryoshkaLoss(_Loss):
     n_dims_per_step: int = -1
 
     def __post_init__(self):
-        if not isinstance(self.loss, _Loss) or isinstance(self.loss, MatryoshkaLoss):
+        if not isinstance(self.loss, Loss) or isinstance(self.loss, MatryoshkaLoss):
             raise ValueError(f"MatryoshkaLoss wraps one of the other flaxenc losses, got {self.loss!r}")
         if not self.matryoshka_dims:
             raise ValueError("You must provide at least one dimension in matryoshka_dims.")
@@ -1060,7 +1057,7 @@ LOSSES: dict[str, type] = {
 # (init_train_state(model, tx, seed, loss=loss)), which flaxenc-train does not do yet.
 
 
-def get_loss(name: str, **kwargs) -> _Loss:
+def get_loss(name: str, **kwargs) -> Loss:
     """The loss called `name` in LOSSES, built with `kwargs` (ST's argument names).
 
     For "matryoshka", `loss` may be a loss object, a name, or a mapping {"name": ..., **its kwargs}.

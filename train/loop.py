@@ -100,7 +100,7 @@ class Summary:
         return "\n".join(lines)
 
 
-def build_loss(config: LossConfig) -> losses._Loss:
+def build_loss(config: LossConfig) -> losses.Loss:
     try:
         return losses.get_loss(config.name, **config.args)
     except (TypeError, ValueError) as error:

@@ -65,7 +65,7 @@ def architecture_text(model) -> str:
     return "SentenceTransformer(\n" + "\n".join(lines) + "\n)"
 
 
-def st_loss_config(loss: losses._Loss) -> tuple[str, dict[str, Any]]:
+def st_loss_config(loss: losses.Loss) -> tuple[str, dict[str, Any]]:
     """The loss's ST class name and ST's get_config_dict() for it (sentence_transformer/losses/*.py)."""
     siamese = {"euclidean": "EUCLIDEAN", "manhattan": "MANHATTAN", "cosine_distance": "COSINE_DISTANCE"}
     triplet = {"euclidean": "EUCLIDEAN", "manhattan": "MANHATTAN", "cosine": "COSINE"}
