@@ -161,7 +161,7 @@ def run(settings: Settings, command: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="flaxenc-bench-") as root:
         folders = ModelFolders(Path(root))
         if "host" in settings.sections:
-            results["host"] = run_host(settings, folders)
+            results["host_side"] = run_host(settings, folders)
         if "encode" in settings.sections:
             results["encode"] = run_encode(settings, folders)
         if "train" in settings.sections:
@@ -262,6 +262,6 @@ def main(argv: list[str] | None = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"\nfigures written to {json_path}")
-    host = results.get("host", {})
+    host = results.get("host_side", {})
     failed = [c["label"] for c in results.get("encode", []) + results.get("train", []) + host.get("cells", []) if "error" in c]
     return 1 if failed or "error" in results.get("mfu", {}) or "error" in host.get("first_call", {}) else 0

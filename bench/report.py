@@ -115,9 +115,9 @@ def report(results: dict) -> str:
         "Ratios are flaxenc / ST (above 1: flaxenc is faster). Steady state: the fastest timed pass. "
         "1st call / 1st step: the warm-up, where flaxenc compiles (XLA, once per shape).",
     ]
-    if "host" in results:
+    if "host_side" in results:
         lines += ["", "Host side alone: encode() with a no-op model (tokenize, sort, pack, transfer, dispatch, gather) "
-                  "against the Rust tokenizer on the same sentences", host_lines(results["host"])]
+                  "against the Rust tokenizer on the same sentences", host_lines(results["host_side"])]
     if "encode" in results:
         lines += ["", "Encode, sentences/s (STS-B sentences, sorted and batched by each library)",
                   encode_table(results["encode"])]

@@ -22,6 +22,11 @@ from flaxenc.packing import next_fit, pack_length, packed_rows, token_index, wri
 from flaxenc.sentence_model import SentenceModel
 
 SMALLEST_BUCKET = 16
+# Threads that tokenize and pack encode() batches ahead of the device (at most one per core), and
+# the sentences each tokenizes in one call: small batches are grouped, so the per-call costs of the
+# tokenizer and of the thread handoff are paid per few hundred sentences, not per batch.
+MAX_HOST_WORKERS = 8
+SENTENCES_PER_TASK = 512
 BUCKETS_PER_OCTAVE = 4
 
 
@@ -72,9 +77,13 @@ def packed_encode_batch(
     return {"packed": packed, "token_index": token_index(first_slot, lengths, length), "attention_mask": mask}
 
 
-def _ahead(function: Callable, items: Sequence, depth: int) -> Iterator:
-    """function(item) for each item, computed up to `depth` items ahead on a background thread."""
-    with ThreadPoolExecutor(1) as pool:
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _ahead(function: Callable, items: Sequence, depth: int, workers: int) -> Iterator:
+    """function(item) for each item in order, computed up to `depth` items ahead on `workers` threads."""
+    with ThreadPoolExecutor(workers) as pool:
         pending = collections.deque(pool.submit(function, item) for item in items[:depth])
         for item in items[depth:]:
             yield pending.popleft().result()
@@ -83,8 +92,8 @@ def _ahead(function: Callable, items: Sequence, depth: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def _embed(graphdef, state, batch, prompt_length):
-    model = nnx.merge(graphdef, state)
+def _embed(graphdef, state_tree, state_leaves, batch, prompt_length):
+    model = nnx.merge(graphdef, jax.tree.unflatten(state_tree, state_leaves))
     packed, token_index, mask = batch["packed"], batch["token_index"], batch["attention_mask"]
     return model.embed_packed(packed, token_index, mask, prompt_length=prompt_length)
 
@@ -130,10 +139,12 @@ class SentenceEncoder:
         """Replaces the module stack (after training, say); encode() re-splits it once."""
         self._folder.model = model
         graphdef, state = nnx.split(model)
-        self._state = jax.device_put(state, sharding.replicated(self._mesh))
-        if getattr(self, "_graphdef", None) != graphdef:  # new parameters alone reuse the compiled programs
-            self._graphdef = graphdef
-            self._embed = jax.jit(functools.partial(_embed, graphdef))
+        # A flat list of arrays: each encode() call passes it without walking the module's tree.
+        leaves, state_tree = jax.tree.flatten(jax.device_put(state, sharding.replicated(self._mesh)))
+        self._state = leaves
+        if getattr(self, "_structure", None) != (graphdef, state_tree):  # new parameters alone reuse the programs
+            self._structure = (graphdef, state_tree)
+            self._embed = jax.jit(functools.partial(_embed, graphdef, state_tree))
 
     @property
     def tokenizer(self):
@@ -193,16 +204,21 @@ class SentenceEncoder:
             self._fast, self._fast_key = fast, key
         return self._fast
 
-    def _prepare_batch(self, texts: Sequence[str], batch_size: int, indices: np.ndarray) -> tuple[np.ndarray, dict]:
-        """(the batch's sentence indices in packed order, its packed arrays): tokenized, longest first."""
-        token_ids = self.tokenize([texts[i] for i in indices])
-        by_length = np.argsort([-len(ids) for ids in token_ids], kind="stable")
-        rows = batch_rows(len(indices), batch_size, self._mesh.size)
-        arrays = packed_encode_batch(
-            [token_ids[i] for i in by_length], rows, sequence_buckets(self.max_seq_length), self._mesh.size,
-            self.tokenizer.pad_token_id or 0,
-        )
-        return indices[by_length], arrays
+    def _prepare_batches(self, texts: Sequence[str], batch_size: int, batches: Sequence[np.ndarray]) -> list:
+        """[(a batch's sentence indices in packed order, its shape, its packed arrays on the devices)]
+        for a few batches, whose sentences are tokenized in one call, then ordered longest first
+        and packed batch by batch."""
+        token_ids = iter(self.tokenize([texts[i] for i in np.concatenate(batches)]))
+        buckets, pad_id = sequence_buckets(self.max_seq_length), self.tokenizer.pad_token_id or 0
+        prepared = []
+        for indices in batches:
+            batch = [next(token_ids) for _ in indices]
+            by_length = np.argsort([-len(ids) for ids in batch], kind="stable")
+            rows = batch_rows(len(indices), batch_size, self._mesh.size)
+            arrays = packed_encode_batch([batch[i] for i in by_length], rows, buckets, self._mesh.size, pad_id)
+            shape = (rows, *arrays["packed"]["input_ids"].shape)
+            prepared.append((indices[by_length], shape, jax.device_put(arrays, sharding.batch_sharding(self._mesh))))
+        return prepared
 
     def _prompt_length(self, prompt: str) -> int:
         # ST's Transformer._get_prompt_length: the prompt's tokens without a trailing special token.
@@ -252,18 +268,21 @@ class SentenceEncoder:
         n_devices = self._mesh.size
         batch_size = -(-batch_size // n_devices) * n_devices
         # Batches of batch_size sentences, longest first by characters, as ST's encode(). Each is
-        # tokenized (the Rust tokenizer releases the GIL) and packed on a background thread while
+        # tokenized (the Rust tokenizer releases the GIL) and packed on background threads while
         # this one dispatches the batches before it; nothing waits on the device until the end.
         order = np.argsort([-len(text) for text in texts], kind="stable")
         batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
-        prepare = functools.partial(self._prepare_batch, texts, batch_size)
-        batch_shard = sharding.batch_sharding(self._mesh)
+        per_task = -(-SENTENCES_PER_TASK // batch_size)  # batches a worker tokenizes in one call
+        tasks = [batches[start : start + per_task] for start in range(0, len(batches), per_task)]
+        workers = min(_usable_cores(), MAX_HOST_WORKERS)
+        prepared = _ahead(functools.partial(self._prepare_batches, texts, batch_size), tasks, 2 * workers, workers)
         outputs, sentence_orders = [], []
-        prepared = tqdm(_ahead(prepare, batches, depth=4), total=len(batches), desc="Batches", disable=not show_progress_bar)
-        for sentences, arrays in prepared:
-            self._compiled_shapes.add((len(arrays["token_index"]), *arrays["packed"]["input_ids"].shape))
-            outputs.append(self._embed(self._state, jax.device_put(arrays, batch_shard), np.int32(prompt_length)))
-            sentence_orders.append(sentences)
+        with tqdm(total=len(batches), desc="Batches", disable=not show_progress_bar) as bar:
+            for sentences, shape, arrays in itertools.chain.from_iterable(prepared):
+                self._compiled_shapes.add(shape)
+                outputs.append(self._embed(self._state, arrays, np.int32(prompt_length)))
+                sentence_orders.append(sentences)
+                bar.update()
 
         embeddings = np.empty((len(texts), self.embedding_dimension), np.float32)
         for sentences, batch_embeddings in zip(sentence_orders, jax.device_get(outputs)):

@@ -36,10 +36,10 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     assert main([*TINY_RUN, "--json", str(path)]) == 0
     results = json.loads(path.read_text())
 
-    assert {"hardware", "versions", "precision", "settings", "host", "encode", "train", "mfu"} <= results.keys()
-    (host,) = results["host"]["cells"]
+    assert {"hardware", "versions", "precision", "settings", "host_side", "encode", "train", "mfu"} <= results.keys()
+    (host,) = results["host_side"]["cells"]
     assert host["sentences"] == 200 and positive(host["host"]["per_s"]) and positive(host["tokenizer"]["per_s"])
-    first = results["host"]["first_call"]
+    first = results["host_side"]["first_call"]
     assert all(positive(first[side]["first_call_s"]) for side in ("flaxenc_cold", "flaxenc_warm_cache", "st"))
     assert results["hardware"]["cpu_cores"] >= 1 and results["hardware"]["jax_devices"]
     assert {"jax", "flax", "torch", "sentence-transformers", "transformers"} <= results["versions"].keys()
