@@ -30,6 +30,7 @@ from train.exchange import HostExchange
 from train.sources import DataError, RecordSource, count_records, process_files, shard_files
 
 CHUNK = 256  # records tokenized in one call (the fast tokenizer's batch API)
+_MAX_DEFERRED = 16  # rows set aside per batch row before no_duplicates gives up
 
 
 def text_key(text: str) -> int:
@@ -169,6 +170,12 @@ class GlobalBatches:
                 # As ST's sampler: a row is compared with the batch, not with itself (anchor == positive is kept).
                 if not seen.isdisjoint(row["keys"]):
                     deferred[d].append(row)
+                    if len(deferred[d]) > _MAX_DEFERRED * self.local_batch:  # a stream that keeps repeating the batch's texts
+                        raise DataError(
+                            f"no_duplicates: {len(deferred[d])} rows in a row repeat a text of the batch being built; the "
+                            f"data has too few distinct texts for batches of {self.local_batch} rows per process. Lower "
+                            "batch_size, or set data.no_duplicates=false"
+                        )
                     continue
                 seen.update(row["keys"])
             rows.append(row)
