@@ -38,7 +38,7 @@ def write_mixture(folder: Path) -> list[str]:
     """Three datasets of (anchor, positive) pairs in 2 gzip shards each; every 10th anchor repeats one."""
     folder.mkdir(parents=True, exist_ok=True)
     patterns = []
-    for d, (name, size) in enumerate(zip("abc", SIZES)):
+    for name, size in zip("abc", SIZES):
         for shard in range(2):
             with gzip.open(folder / f"{name}-{shard:05d}-of-00002.jsonl.gz", "wt", encoding="utf-8") as f:
                 for i in range(shard, size, 2):
