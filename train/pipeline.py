@@ -72,6 +72,10 @@ def row_chunks(
         records = grain.experimental.WindowShuffleIterDataset(records, window_size=shuffle_window, seed=seed)
     chunks = records.batch(CHUNK, batch_fn=list).map(TokenizeChunk(tokenizer, max_length, with_keys))
     if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; flaxenc-train defines none
+            flags.FLAGS.mark_as_parsed()
         chunks = chunks.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
     return chunks
 
