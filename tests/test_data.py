@@ -337,5 +337,12 @@ def test_packed_batches_hold_the_padded_batches_tokens(stsb_dev, encoder):
             real = before["attention_mask"] == 1
             assert np.array_equal(after["attention_mask"], before["attention_mask"])
             assert np.array_equal(rows.reshape(-1)[after["token_index"][real]], before["input_ids"][real])
-    with pytest.raises(ValueError, match="packing needs a single process"):
-        _iterator(tokens, encoder, packing=True, process_count=2)
+    # Two processes (multi-process packing, new in issue 14): each keeps its share of the global
+    # batch's packed rows, and its sentences' token_index points into the global rows.
+    parts = [_take(_iterator(tokens, encoder, batch_size=32, packing=True, row_multiple=4, process_index=p, process_count=2), 3)
+             for p in (0, 1)]
+    for (_, _, whole), (_, _, part0), (_, _, part1) in zip(packed, *parts):
+        for key in ("input_ids", "segment_ids", "positions"):
+            np.testing.assert_array_equal(np.concatenate([part0["packed"][key], part1["packed"][key]]), whole["packed"][key])
+        for column, column0, column1 in zip(whole["columns"], part0["columns"], part1["columns"]):
+            np.testing.assert_array_equal(np.concatenate([column0["token_index"], column1["token_index"]]), column["token_index"])

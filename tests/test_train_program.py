@@ -123,7 +123,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     rows[44]["score"] = "1e20"  # (cos - 1e20)^2 overflows float32: the loss of step 6 is inf
     # The label check would refuse 1e20 for CosineSimilarityLoss before training: switched off here to
     # make a loss diverge mid-run.
-    monkeypatch.setattr("train.loop.check_label_range", lambda *args: None)
+    monkeypatch.setattr("train.inputs.check_label_range", lambda *args: None)  # (the table input moved to train/inputs.py)
     data = tmp_path / "pairs.csv"
     with open(data, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["sentence1", "sentence2", "score"])

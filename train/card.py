@@ -62,11 +62,13 @@ def training_card(
     saved_step: int | None = None,
 ) -> TrainingCard:
     """The card of the model a run saved at `saved_step`."""
-    spec, optimizer = config.data.train, config.optimizer
+    # A mixture's card names every dataset's files and the first dataset's columns and loss.
+    specs = config.data.train if isinstance(config.data.train, tuple) else (config.data.train,)
+    spec, optimizer = specs[0], config.optimizer
     loss_name, loss_config = st_loss_config(loss)
     columns = tuple(spec.text_columns) + ((spec.label_column,) if loss.takes_labels and spec.label_column else ())
     return TrainingCard(
-        train_path=spec.path,
+        train_path=", ".join(s.path for s in specs),
         train_rows=rows,
         columns=columns,
         loss=loss_name,

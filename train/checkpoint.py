@@ -1,7 +1,8 @@
 """Resumable checkpoints with orbax's CheckpointManager.
 
-Each checkpoint holds the training state (step, parameters, optimizer state, RNG) and a JSON
-record of where the run stood: the data position (epoch, step in epoch), the optimizer step, the
+Each checkpoint holds the training state (step, parameters, optimizer state, RNG), for streamed
+data the input pipeline's iterator state (grain's orbax handler: one JSON file per process,
+`data/process_<i>-of-<n>.json`), and a JSON record of where the run stood: the data position (epoch, step in epoch), the optimizer step, the
 evaluator's primary metric and the run's training-relevant config with its data fingerprint (under
 "run"; a resumed run is compared with it). The newest `keep` checkpoints are kept, plus the best by that metric.
 A checkpoint that cannot be read, or does not fit the run, is an error; it is never skipped.
@@ -15,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -31,7 +33,7 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         self.keep = max(1, keep)
         options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create, enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "position"))
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "position", "data"))
 
     @property
     def steps(self) -> list[int]:
@@ -41,9 +43,13 @@ class Checkpoints:
         steps = self.steps
         return steps[-1] if steps else None
 
-    def save(self, step: int, state: TrainState, position: dict[str, Any]) -> None:
-        """Saves at optimizer step `step`; position: epoch, step_in_epoch, metric (or None), ..."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position))
+    def save(self, step: int, state: TrainState, position: dict[str, Any], data=None) -> None:
+        """Saves at optimizer step `step`; position: epoch, step_in_epoch, metric (or None), ...;
+        data: the input pipeline's iterator (a grain DatasetIterator), saved per process."""
+        items = dict(state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position))
+        if data is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data)
+        args = ocp.args.Composite(**items)
         path = self.directory / str(step)
         try:
             with held_stderr():  # a failed write floods stderr from orbax's and tensorstore's threads
@@ -68,15 +74,17 @@ class Checkpoints:
             raise CheckpointError(f"{self.directory / str(step)}: cannot read the checkpoint's position ({error})") from None
         return dict(restored["position"])
 
-    def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:
-        """The state saved at `step`, laid out (shapes, dtypes, shardings) like `like`."""
+    def restore(self, step: int, like: TrainState, data=None) -> tuple[TrainState, dict[str, Any]]:
+        """The state saved at `step`, laid out (shapes, dtypes, shardings) like `like`; with `data`
+        (the input pipeline's iterator) also the pipeline's position, set on that iterator."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         path = self.directory / str(step)
+        items = dict(state=ocp.args.StandardRestore(abstract), position=ocp.args.JsonRestore())
+        if data is not None:
+            self._check_process_count(step)
+            items["data"] = grain.checkpoint.CheckpointRestore(data)
         try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), position=ocp.args.JsonRestore()),
-            )
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:
             raise CheckpointError(
                 f"{path}: the checkpoint cannot be restored into this run ({type(error).__name__}: "
@@ -92,6 +100,20 @@ class Checkpoints:
         if mismatched:
             raise CheckpointError(f"{path}: the checkpoint does not fit this run: {'; '.join(mismatched[:10])}")
         return TrainState(*state), dict(restored["position"])
+
+    def _check_process_count(self, step: int) -> None:
+        """Each process resumes its own shard's position: the process count must be the one saved."""
+        folder = self.directory / str(step) / "data"
+        saved = sorted(folder.glob("process_*-of-*.json"))
+        if not saved:
+            raise CheckpointError(f"{folder}: no input pipeline state in the checkpoint (written by a run that read a table into memory?)")
+        then = int(saved[0].stem.rsplit("-of-", 1)[1])
+        now = jax.process_count()
+        if then != now:
+            raise CheckpointError(
+                f"{self.directory / str(step)}: written by {then} process(es), resumed with {now}; each process resumes "
+                f"the position of its own data shards, so rerun with {then} process(es) (or start afresh in another output_dir)"
+            )
 
     def best_step(self) -> int | None:
         """The checkpoint with the highest metric (all primary metrics here are greater-is-better)."""

@@ -10,6 +10,7 @@ the key, the value and what is allowed; `validate` checks every field before any
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 import types
@@ -52,6 +53,14 @@ def _field(default: Any = dataclasses.MISSING, *, allowed: Range | tuple | None 
 
 
 @dataclasses.dataclass(frozen=True)
+class LossConfig:
+    # A name from flaxenc.losses.LOSSES (cosine_similarity, contrastive, ...).
+    name: str = "cosine_similarity"
+    # Its arguments, by ST's names (margin, distance_metric, scale, ...).
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """One table of examples: a local csv/tsv/json/jsonl/parquet file or a hub dataset (online)."""
 
@@ -73,8 +82,13 @@ class DatasetConfig:
     label_column: str | None = "score"
     # Labels are divided by this (5.0 maps STS-B's 0..5 scores onto 0..1).
     label_scale: float = _field(1.0, allowed=POSITIVE)
-    # Use only the first N rows (0: all).
+    # Use only the first N rows (0: all; tables read into memory only).
     limit: int = _field(0, allowed=NON_NEGATIVE)
+    # In a mixture (data.train a list): the dataset's share of the batches (policy one) or rows
+    # (policy mixed), relative to the others; must be > 0 (checked with the dataset named).
+    weight: float = 1.0
+    # In a mixture: this dataset's own loss (ST's multi-dataset training); None: the run's loss.
+    loss: LossConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,23 +128,39 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    train: DatasetConfig = DatasetConfig()
+    # One dataset, or a list of them (a mixture; streamed).
+    train: DatasetConfig | tuple[DatasetConfig, ...] = DatasetConfig()
     # Shuffle the training rows each epoch, by seed and epoch.
     shuffle: bool = True
     # Drop a last incomplete batch. ST's fit() sizes its schedule as if it did (rows // batch)
     # but still trains that last batch.
     drop_last: bool = False
     # Pack each batch's sentences into shared rows (flaxenc.packing): the same embeddings and
-    # gradients as padding each one, on a fraction of the tokens. Single-process runs only.
+    # gradients as padding each one, on a fraction of the tokens (each process packs its own rows).
     packing: bool = _field(True, resume=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    # A name from flaxenc.losses.LOSSES (cosine_similarity, contrastive, ...).
-    name: str = "cosine_similarity"
-    # Its arguments, by ST's names (margin, distance_metric, scale, ...).
-    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Stream the records (train/pipeline.py: read lazily, each process its own files, grain
+    # workers) instead of reading one table into memory. None: stream a list of datasets, a glob
+    # of shards or a .gz file; tables otherwise. Streamed runs stop at max_steps.
+    streaming: bool | None = None
+    # Mixtures: "one" takes each global batch from one dataset (the all-* recipe, ST's multi-dataset
+    # batch samplers), "mixed" draws each row's dataset by weight.
+    policy: str = _field("one", allowed=("one", "mixed"))
+    # Which dataset a batch comes from (policy one): "weighted" (random by weight), "round_robin"
+    # (in turn, ST's RoundRobinBatchSampler) or "proportional" (by size, ST's ProportionalBatchSampler).
+    sampler: str = _field("weighted", allowed=("weighted", "round_robin", "proportional"))
+    # No text twice in a global batch (ST's NoDuplicatesBatchSampler, over all processes).
+    # None: on for losses with in-batch negatives (multiple_negatives_ranking).
+    no_duplicates: bool | None = None
+    # Streamed records are shuffled in windows of this many records (and file order each epoch).
+    shuffle_window: int = _field(1024, allowed=AT_LEAST_ONE)
+    # Skip records that cannot be used (a missing column, an empty text, a bad label or line),
+    # counted and logged, instead of stopping with an error naming the first.
+    skip_bad_records: bool = False
+    # grain worker processes per dataset that read and tokenize (0: in the training process).
+    # The record order depends on it, so a resumed run must keep it.
+    workers: int = _field(0, allowed=NON_NEGATIVE)
+    # Batches prepared ahead of the device.
+    prefetch: int = _field(2, allowed=AT_LEAST_ONE, resume=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +290,8 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        # A list is meant for the tuple option: report that option's error first.
+        options.sort(key=lambda a: typing.get_origin(a) is not tuple if isinstance(value, (list, tuple)) else 0)
         errors = []
         for option in options:
             try:
@@ -344,7 +376,8 @@ def _expand_path(value: Any, folder: Path) -> Any:
         return value
     value = os.path.expandvars(os.path.expanduser(value))
     beside = folder / value
-    return str(beside) if not os.path.isabs(value) and beside.exists() else value
+    found = glob.glob(str(beside)) if glob.has_magic(value) else beside.exists()
+    return str(beside) if not os.path.isabs(value) and found else value
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:

@@ -330,7 +330,9 @@ class BatchIterator:
     change the loss), which costs one more compiled program, and with several processes or
     devices its size must still split evenly over them: set drop_last when it does not.
     packing: each batch's sentences also packed into shared rows (flaxenc.packing.pack_batch),
-    a multiple of row_multiple (the device count) of them.
+    a multiple of row_multiple (the device count of all processes) of them. Every process holds
+    the table, so each packs the whole global batch alike and keeps its share of the packed rows;
+    its sentences' token_index points into the global rows, wherever they were placed.
     """
 
     def __init__(
@@ -355,9 +357,6 @@ class BatchIterator:
         self.data, self.batch_size, self.buckets = data, batch_size, tuple(sorted(buckets))
         self.pad_id, self.seed, self.shuffle, self.drop_last = pad_id, seed, shuffle, drop_last
         self.process_index, self.process_count, self.prefetch = process_index, process_count, prefetch
-        if packing and process_count > 1:
-            # Each process would pack its rows into a different number of packed rows.
-            raise ValueError("packing needs a single process; set data.packing to false for multi-process runs")
         self.packing, self.row_multiple = packing, row_multiple
         n = len(data)
         self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
@@ -378,7 +377,8 @@ class BatchIterator:
             raise ValueError(f"a row has {longest} tokens, more than the largest bucket {self.buckets[-1]}")
         length = next(b for b in self.buckets if b >= longest)
         count, index, processes = len(rows), self.process_index, self.process_count
-        local = rows[index * count // processes : (index + 1) * count // processes]
+        mine = slice(index * count // processes, (index + 1) * count // processes)
+        local = rows if self.packing else rows[mine]
         positions = np.arange(length)
         columns = []
         for column in range(len(self.data.columns)):
@@ -393,6 +393,13 @@ class BatchIterator:
             batch["labels"] = self.data.labels[local]
         if self.packing:
             batch = pack_batch(batch, self.buckets, self.row_multiple, self.pad_id)
+            packed_rows = len(batch["packed"]["input_ids"])
+            share = slice(index * packed_rows // processes, (index + 1) * packed_rows // processes)
+            batch = {
+                **{key: value[mine] for key, value in batch.items() if key == "labels"},
+                "columns": [{key: value[mine] for key, value in column.items()} for column in batch["columns"]],
+                "packed": {key: value[share] for key, value in batch["packed"].items()},
+            }
         return batch
 
     def _generate(self, start_epoch: int, start_step: int) -> Iterator[tuple[int, int, dict]]:

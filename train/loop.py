@@ -13,11 +13,9 @@ with them equals this run's. Then the folder is locked for the run, and models a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ import yaml
 from tqdm.auto import tqdm
 
 from flaxenc import evaluation, losses, optim, sharding
-from flaxenc.encoder import SentenceEncoder, sequence_buckets
 from flaxenc.train_step import TrainStep, init_train_state, params_to_model
 from train.card import evaluation_at, evaluation_result, training_card
 from train.checkpoint import CheckpointError, Checkpoints, write_json
@@ -42,15 +39,8 @@ from train.config import (
     to_dict,
     validate,
 )
-from train.data import (
-    BatchIterator,
-    check_label_range,
-    file_sha256,
-    load_table,
-    save_tokens,
-    token_cache_path,
-    tokenize_table,
-)
+from train.data import load_table
+from train.inputs import StreamInput, TableInput, datasets_of, is_streamed, loss_key
 from train.logs import RunLog
 from train.model import build_encoder
 from train.output import MARKER_NAME, RunLock, atomic_save, check_output_dir, remove_partial_saves
@@ -144,10 +134,11 @@ def _mesh(devices: int):
     return sharding.data_mesh(jax.local_devices()[:devices])
 
 
-def _tokenizer_key(encoder: SentenceEncoder) -> str:
-    """Names the tokenization exactly: the tokenizer's full definition and the truncation length."""
-    definition = encoder.tokenizer.backend_tokenizer.to_str()
-    return hashlib.sha256(f"{definition}\x1f{encoder.max_seq_length}".encode()).hexdigest()
+def _uses_in_batch_negatives(loss) -> bool:
+    """Losses whose other rows are negatives: a repeated text there is a false negative (ST recommends
+    NoDuplicatesBatchSampler for them)."""
+    inner = getattr(loss, "loss", None)
+    return type(loss).__name__ in ("MultipleNegativesRankingLoss",) or (inner is not None and _uses_in_batch_negatives(inner))
 
 
 class Run:
@@ -163,6 +154,13 @@ class Run:
         self.mesh = _mesh(config.devices)
         self.encoder = build_encoder(config.model, config.seed)
         self.loss = build_loss(config.loss)
+        # One loss per distinct (dataset) loss config; each dataset trains with its own or the run's.
+        self.streamed = is_streamed(config)
+        keys = [loss_key(config, spec) for spec in datasets_of(config)]
+        distinct = list(dict.fromkeys(keys))
+        specs = {loss_key(config, spec): spec.loss or config.loss for spec in datasets_of(config)}
+        self.losses = [self.loss if specs[key] == config.loss else build_loss(specs[key]) for key in distinct]
+        self.loss_index = [distinct.index(key) for key in keys]
         self.evaluator = build_evaluator(config.evaluation)
         self.test_evaluator = build_evaluator(config.evaluation, config.evaluation.test_data) if config.evaluation.test_data else None
         self._prepare_data()
@@ -182,36 +180,17 @@ class Run:
             raise ConfigError(f"max_steps: must be 0 (all epochs) or positive, got {config.max_steps}")
 
     def _prepare_data(self) -> None:
-        config, spec = self.config, self.config.data.train
-        if self.loss.takes_labels and spec.label_column is None:
-            raise ConfigError(f"data.train.label_column: loss {config.loss.name!r} needs labels")
-        table = load_table(spec if self.loss.takes_labels else dataclasses.replace(spec, label_column=None))
-        check_label_range(table, spec, self.loss.label_range, config.loss.name)
-        cache_key = _tokenizer_key(self.encoder)
-        # Read the token cache only: nothing is written before every check has passed (train() saves it).
-        self.data = tokenize_table(
-            table, self.encoder.tokenize, spec.text_columns, self.output_dir / "cache", cache_key, write_cache=False
-        )
-        self._token_cache = token_cache_path(table, spec.text_columns, self.output_dir / "cache", cache_key)
-        devices, processes = self.mesh.size, jax.process_count()
-        remainder = len(self.data) % config.batch_size
-        # A short last batch must still split evenly over the devices; otherwise drop it.
-        drop_last = config.data.drop_last or (remainder % devices != 0)
-        if config.batch_size % devices:
-            raise ConfigError(f"batch_size: {config.batch_size} does not split evenly over {devices} devices")
-        self.batches = BatchIterator(
-            self.data,
-            config.batch_size,
-            sequence_buckets(self.encoder.max_seq_length),
-            self.encoder.tokenizer.pad_token_id or 0,
-            config.seed,
-            shuffle=config.data.shuffle,
-            drop_last=drop_last,
-            process_index=jax.process_index(),
-            process_count=processes,
-            packing=config.data.packing and processes == 1,  # packed row counts would differ per process
-            row_multiple=devices,
-        )
+        """The training input: streamed datasets (a mixture, shards) or one table in memory."""
+        config = self.config
+        if self.streamed:
+            no_duplicates = config.data.no_duplicates
+            if no_duplicates is None:
+                no_duplicates = any(_uses_in_batch_negatives(loss) for loss in self.losses)
+            self.batches = StreamInput(config, self.encoder, self.losses, self.loss_index, no_duplicates, self.mesh.size)
+        else:
+            if isinstance(config.data.train, tuple):
+                raise ConfigError("data.streaming: false reads one table into memory; data.train lists several datasets")
+            self.batches = TableInput(config, self.encoder, self.loss, self.mesh.size, self.output_dir / "cache")
 
     def _prepare_optimizer(self) -> None:
         config, opt = self.config, self.config.optimizer
@@ -234,19 +213,19 @@ class Run:
             self.schedule, opt.weight_decay, opt.max_grad_norm, opt.adam_beta1, opt.adam_beta2, opt.adam_epsilon, self.accumulation
         )
         self.graphdef, state = init_train_state(self.encoder.model, tx, config.seed)
-        self.step_fn = TrainStep(
-            self.graphdef, self.loss, tx, self.mesh, self.schedule, self.accumulation, config.dropout, config.fsdp
-        )
+        # One compiled step per loss (each compiles per batch shape); they share the state.
+        self.step_fns = [
+            TrainStep(self.graphdef, loss, tx, self.mesh, self.schedule, self.accumulation, config.dropout, config.fsdp)
+            for loss in self.losses
+        ]
+        self.step_fn = self.step_fns[0]
         self.state = self.step_fn.place_state(state)
 
     # -- resuming ---------------------------------------------------------------------------
 
     def _data_source(self) -> str:
-        """The training data's fingerprint: a sha256 of a local file's bytes, else the hub name."""
-        spec = self.config.data.train
-        if os.path.isfile(spec.path):
-            return f"sha256:{file_sha256(spec.path)}"
-        return f"hub:{spec.path}"
+        """The training data's fingerprint (see TableInput and StreamInput)."""
+        return self.batches.fingerprint()
 
     def _check_resumable(self) -> None:
         """Refuses checkpoints of another run (or resume=false with checkpoints), reading only."""
@@ -304,7 +283,7 @@ class Run:
             "step_in_epoch": in_epoch,
             "steps_per_epoch": self.batches.steps_per_epoch,
             "batch_size": self.config.batch_size,
-            "rows": len(self.data),
+            "rows": self.batches.rows,
             "metric": metric,
             "run": self.run_record,  # the training-relevant config and data fingerprint, compared on resume
         }
@@ -314,7 +293,7 @@ class Run:
         step = checkpoints.latest_step()
         if step is None:
             return None
-        self.state, position = checkpoints.restore(step, like=self.state)
+        self.state, position = checkpoints.restore(step, like=self.state, data=self.batches.checkpoint_item)
         expected = self._position(int(self.state.step), None)
         changed = [key for key in ("micro_step", "steps_per_epoch", "batch_size", "rows") if position.get(key) != expected[key]]
         if changed:
@@ -334,7 +313,8 @@ class Run:
         return training_card(
             self.config,
             loss=self.loss,
-            rows=len(self.data),
+            # streamed: the examples trained (the records read are not counted ahead)
+            rows=self.batches.rows if self.batches.rows is not None else self.total_micro_steps * self.config.batch_size,
             steps_per_epoch=self.batches.steps_per_epoch,
             total_steps=self.total_steps,
             warmup_steps=self.warmup_steps,
@@ -384,8 +364,8 @@ class Run:
     def _train(self) -> Summary:
         config = self.config
         if self.is_main:
-            if not self._token_cache.is_file():
-                save_tokens(self.data, self._token_cache)
+            if hasattr(self.batches, "write_cache"):
+                self.batches.write_cache()
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
         checkpoints = Checkpoints(self.output_dir / "checkpoints", config.checkpoint.keep)
         resumed = self._resume(checkpoints)
@@ -395,11 +375,12 @@ class Run:
         per_epoch = self.batches.steps_per_epoch
         examples_per_step = config.batch_size * self.accumulation
         logger.info(
-            "%d examples, %d steps a epoch, %d optimizer steps (warmup %d), %d devices",
-            len(self.data), per_epoch, self.total_steps, self.warmup_steps, self.mesh.size,
+            "%s examples, %d steps a epoch, %d optimizer steps (warmup %d), %d devices",
+            self.batches.rows or "streamed", per_epoch, self.total_steps, self.warmup_steps, self.mesh.size,
         )
 
         pending: list[tuple[int, dict]] = []  # (optimizer step, metrics on device) not yet fetched
+        reported_skips = [0]
         last_good = resumed
         last_loss, eval_result = None, {}
         window_start, window_steps = time.perf_counter(), 0
@@ -428,15 +409,21 @@ class Run:
             last_loss = values["loss"]
             pending.clear()
             window_start, window_steps = time.perf_counter(), 0
+            skipped, first = self.batches.skipped
+            if skipped:
+                values["skipped_records"] = skipped
+                if skipped != reported_skips[0]:
+                    logger.warning("%d bad records skipped so far on process %d (the first: %s)", skipped, jax.process_index(), first)
+                    reported_skips[0] = skipped
             if log:
                 log.write("train", step, step * self.accumulation / per_epoch, values)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", ex_s=f"{values['examples_per_second']:.0f}")
 
-        batches = self.batches.batches(*divmod(start * self.accumulation, per_epoch))
+        batches = self.batches.batches(start * self.accumulation)
         try:
             for micro in range(start * self.accumulation, self.total_micro_steps):
-                _, in_epoch, batch = next(batches)
-                self.state, metrics = self.step_fn(self.state, batch)
+                in_epoch, loss_index, batch = next(batches)
+                self.state, metrics = self.step_fns[loss_index](self.state, batch)
                 if (micro + 1) % self.accumulation:
                     continue
                 step = (micro + 1) // self.accumulation
@@ -463,12 +450,13 @@ class Run:
                     if self.is_main:
                         tqdm.write(f"step {step}: {primary} {metric:.4f}")
                 if save:
-                    checkpoints.save(step, self.state, self._position(micro + 1, metric))
+                    checkpoints.save(step, self.state, self._position(micro + 1, metric), data=self.batches.checkpoint_item)
                     last_good = step
                 if evaluate or save:
                     window_start = time.perf_counter()  # throughput counts training steps only
         finally:
             batches.close()
+            self.batches.close()
             bar.close()
         seconds = time.perf_counter() - started
 

