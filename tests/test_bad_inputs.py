@@ -422,7 +422,8 @@ def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(run_copy, outside, ca
 def test_two_runs_on_one_folder_then_sigkill_and_resume(tmp_path):
     """A second run on a folder in use is refused naming the lock; after SIGKILL the rerun resumes."""
     output = tmp_path / "run"
-    args = tiny_overrides(output, "data.train.limit=160", "epochs=2", "checkpoint.every_steps=4", "evaluation.evaluator=")
+    # 120 steps: long enough that the first run is still training while the second one starts up
+    args = tiny_overrides(output, "data.train.limit=160", "epochs=6", "checkpoint.every_steps=4", "evaluation.evaluator=")
     command = [sys.executable, "-m", "train", QUICKSTART, *args, "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -432,11 +433,10 @@ def test_two_runs_on_one_folder_then_sigkill_and_resume(tmp_path):
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-    still_running = first.poll() is None
     first.send_signal(signal.SIGKILL)
     first.wait()
     first.stderr.close()
-    assert still_running, "the first run finished before the second started; make it longer"
+    assert first.returncode == -signal.SIGKILL, "the first run finished before it was killed; make it longer"
     assert second.returncode == 2, second.stderr[-3000:]
     assert f"lock file {output / '.lock'}" in second.stderr and "Traceback" not in second.stderr
 
@@ -444,7 +444,7 @@ def test_two_runs_on_one_folder_then_sigkill_and_resume(tmp_path):
     rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((output / "summary.json").read_text())
-    assert summary["resumed_from"] is not None and summary["steps"] == 40
+    assert summary["resumed_from"] is not None and summary["steps"] == 120
     assert not (output / ".lock").exists()
 
 
