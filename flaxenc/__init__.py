@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from flaxenc import evaluation, losses, optim
 from flaxenc.encoder import SentenceEncoder
-from flaxenc.models import BertModel, EncoderConfig, RobertaModel
+from flaxenc.models import BertModel, EncoderConfig, MPNetModel, RobertaModel
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, LayerNorm, Normalize, Pooling, pool
 from flaxenc.optim import OptimizerConfig, adamw, learning_rate_schedule
 from flaxenc.sentence_model import SentenceModel
@@ -17,6 +17,7 @@ __all__ = [
     "EmbeddingLayerNorm",
     "EncoderConfig",
     "LayerNorm",
+    "MPNetModel",
     "Normalize",
     "Pooling",
     "RobertaModel",
