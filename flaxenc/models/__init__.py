@@ -2,6 +2,8 @@
 
 from flaxenc.models.bert import BertModel
 from flaxenc.models.config import EncoderConfig, HFConfig
+from flaxenc.models.distilbert import DistilBertConfig, DistilBertModel
+from flaxenc.models.modernbert import ModernBertConfig, ModernBertModel
 from flaxenc.models.mpnet import MPNetConfig, MPNetModel
 from flaxenc.models.registry import (
     FAMILIES,
@@ -23,10 +25,14 @@ def encoder_class(config: HFConfig) -> type:
 __all__ = [
     "FAMILIES",
     "BertModel",
+    "DistilBertConfig",
+    "DistilBertModel",
     "EncoderConfig",
     "EncoderFamily",
     "HFConfig",
     "MPNetConfig",
+    "ModernBertConfig",
+    "ModernBertModel",
     "MPNetModel",
     "RobertaModel",
     "build_encoder",

@@ -14,7 +14,7 @@ from typing import Any
 from flax import nnx
 
 from flaxenc.key_tables import Rule
-from flaxenc.models import bert, mpnet
+from flaxenc.models import bert, distilbert, modernbert, mpnet
 from flaxenc.models.config import EncoderConfig, HFConfig
 from flaxenc.models.roberta import RobertaModel
 
@@ -54,6 +54,11 @@ FAMILIES: tuple[EncoderFamily, ...] = (
         model_types=("roberta", "xlm-roberta", "camembert"),
     ),
     EncoderFamily("mpnet", mpnet.MPNetConfig, mpnet.MPNetModel, mpnet.RULES, "mpnet", mpnet.BUFFERS),
+    EncoderFamily(
+        "distilbert", distilbert.DistilBertConfig, distilbert.DistilBertModel, distilbert.RULES, "distilbert",
+        distilbert.BUFFERS,
+    ),
+    EncoderFamily("modernbert", modernbert.ModernBertConfig, modernbert.ModernBertModel, modernbert.RULES, "model"),
 )
 
 
