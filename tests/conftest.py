@@ -120,7 +120,6 @@ def build_st_model(
     ("layernorm",). Returns the reloaded SentenceTransformer in eval mode.
     """
     import torch
-    import transformers
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_modules
     from transformers import AutoTokenizer
