@@ -245,9 +245,21 @@ def test_training_program_trains_each_family(tmp_path, arch):
 
 def test_mpnet_mnrl_training_matches_st_fit(tmp_path, roberta_tokenizer_path, monkeypatch):
     """20 steps of MultipleNegativesRankingLoss on MPNet: ST's fit() and flaxenc's step on the same batches."""
+    import test_training
     from conftest import read_stsb
     from sentence_transformers import losses as st_losses
     from test_training import STEPS, compare, flaxenc_fit, st_fit
+
+    class UnlabelledRecording(test_training.RecordingLoss):
+        """fit() passes MultipleNegativesRankingLoss no labels: record zeros in their place."""
+
+        def forward(self, features, labels):
+            columns = [{key: f[key].numpy().copy() for key in ("input_ids", "attention_mask")} for f in features]
+            value = self.loss(features, labels)
+            self.steps.append((columns, np.zeros(len(columns[0]["input_ids"]), np.float32), value.item()))
+            return value
+
+    monkeypatch.setattr(test_training, "RecordingLoss", UnlabelledRecording)
 
     folder, st_model = build_st_model(
         tmp_path / "model",
