@@ -16,12 +16,6 @@ from flaxenc.models.registry import (
 )
 from flaxenc.models.roberta import RobertaModel
 
-
-def encoder_class(config: HFConfig) -> type:
-    """The Flax module that implements `config.model_type`."""
-    return family_of(config).module
-
-
 __all__ = [
     "FAMILIES",
     "BertModel",
@@ -37,7 +31,6 @@ __all__ = [
     "RobertaModel",
     "build_encoder",
     "config_from_dict",
-    "encoder_class",
     "family_for",
     "family_of",
     "supported_model_types",
