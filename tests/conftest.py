@@ -188,8 +188,8 @@ def _hf_model(arch: str, tokenizer, shape: dict):
         config = transformers.DistilBertConfig(vocab_size=vocab, pad_token_id=pad, **{_DISTILBERT_NAMES.get(k, k): v for k, v in shape.items()})
         return config, transformers.DistilBertModel(config)
     if arch == "modernbert":
-        # Three layers, global-local-global, and a local window of +-4 tokens, so test sentences outgrow it.
-        shape = {"num_hidden_layers": 3, "local_attention": 8, "global_attn_every_n_layers": 2, **shape}
+        # A global layer, then a local one with a window of +-4 tokens, so test sentences outgrow it.
+        shape = {"local_attention": 8, "global_attn_every_n_layers": 2, **shape}
         shape = {_MODERNBERT_NAMES.get(k, k): v for k, v in shape.items()}
         if "mlp_dropout" in shape:
             shape.setdefault("embedding_dropout", shape["mlp_dropout"])
