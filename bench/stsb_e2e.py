@@ -166,7 +166,7 @@ def st_fit(
 
 def check_same_batches(recorded, run) -> int:
     """Asserts ST's recorded batches are flaxenc's, token for token and label for label; returns the count."""
-    batches, batch_size = run.batches, run.config.batch_size
+    batches, batch_size = run.batches.batch_iterator, run.config.batch_size  # the in-memory table's batches
     order = batches.epoch_order(0)
     if len(recorded) != run.total_steps:
         raise AssertionError(f"ST took {len(recorded)} steps, flaxenc {run.total_steps}")
@@ -224,7 +224,7 @@ def run(limit: int = 0, test_limit: int = 0, dev_limit: int = 64, out: str | os.
     # ST's fit() on the same rows, in flaxenc's order, with the same schedule.
     spec = config.data.train
     table = load_table(spec)
-    order = flax_run.batches.epoch_order(0)
+    order = flax_run.batches.batch_iterator.epoch_order(0)
     texts = [table[c][:] for c in spec.text_columns]
     labels = table["label"][:]
     rows = [(texts[0][i], texts[1][i], labels[i]) for i in order]
