@@ -11,7 +11,9 @@ train: runs flaxenc-train's `train()` (a SIGKILL from the test may end it early)
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -25,7 +27,11 @@ def main(mode: str, out: str, steps: str, process_id: str, processes: str, port:
 
     config = load_config(config_path, list(overrides))
     if mode == "train":
-        from train.loop import train
+        from train.loop import Run, train
+
+        if os.environ.get("FLAXENC_TEST_LATE_PROCESS") == process_id:  # a slow host, to test the start's ordering
+            start = Run.train
+            Run.train = lambda self: (time.sleep(3), start(self))[1]
 
         summary = train(config, progress=False)
         if jax.process_index() == 0:

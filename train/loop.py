@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from flaxenc import evaluation, losses, optim, sharding
@@ -351,6 +352,11 @@ class Run:
                 finished = self._finished_summary()
                 if finished is not None:
                     return finished
+            # Every process has now read the folder; only after this does process 0 create checkpoints/.
+            # Without the barrier a slower process could see that folder half-made, open a
+            # CheckpointManager that process 0 did not, and pair its orbax syncs with the wrong ones.
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("flaxenc: output folder read by every process")
             return self._train()
         finally:
             lock.release()
