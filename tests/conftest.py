@@ -113,11 +113,13 @@ def build_st_model(
 ):
     """A tiny random transformers model wrapped in ST modules and saved to `folder`.
 
+    arch: bert, roberta, mpnet, distilbert or modernbert; config_overrides use BERT's names
+    (hidden_size, ..., hidden_dropout_prob), translated for DistilBERT and ModernBERT.
+
     heads: ("dense", out, activation module or None, bias), ("dropout", rate), ("normalize",),
     ("layernorm",). Returns the reloaded SentenceTransformer in eval mode.
     """
     import torch
-    import transformers
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_modules
     from transformers import AutoTokenizer
@@ -126,21 +128,13 @@ def build_st_model(
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
     shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
     shape.update(config_overrides)
-    if arch == "bert":
-        config = transformers.BertConfig(vocab_size=len(tokenizer), **shape)
-        hf_model = transformers.BertModel(config)
-    else:
-        shape.setdefault("max_position_embeddings", 64)
-        config = transformers.RobertaConfig(
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, type_vocab_size=1, **shape
-        )
-        hf_model = transformers.RobertaModel(config)
+    config, hf_model = _hf_model(arch, tokenizer, shape)
     hf_folder = folder / "hf"
     hf_model.save_pretrained(str(hf_folder))
     tokenizer.save_pretrained(str(hf_folder))
 
     transformer = st_modules.Transformer(str(hf_folder), max_seq_length=max_seq_length)
-    dim = config.hidden_size
+    dim = hf_model.config.hidden_size
     pooling = st_modules.Pooling(dim, pooling_mode, include_prompt=include_prompt)
     dim = pooling.get_embedding_dimension()
     modules = [transformer, pooling]
@@ -163,3 +157,44 @@ def build_st_model(
     reloaded = SentenceTransformer(str(st_folder), device="cpu")
     reloaded.eval()
     return st_folder, reloaded
+
+
+# BERT's config names -> DistilBERT's and ModernBERT's.
+_DISTILBERT_NAMES = {
+    "hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+    "intermediate_size": "hidden_dim", "hidden_act": "activation", "hidden_dropout_prob": "dropout",
+    "attention_probs_dropout_prob": "attention_dropout",
+}
+_MODERNBERT_NAMES = {"hidden_act": "hidden_activation", "hidden_dropout_prob": "mlp_dropout", "attention_probs_dropout_prob": "attention_dropout"}
+
+
+def _hf_model(arch: str, tokenizer, shape: dict):
+    """(config, random model) of transformers' `arch` with BERT-named `shape`."""
+    import transformers
+
+    vocab, pad = len(tokenizer), tokenizer.pad_token_id
+    if arch == "bert":
+        config = transformers.BertConfig(vocab_size=vocab, **shape)
+        return config, transformers.BertModel(config)
+    if arch == "roberta":
+        shape.setdefault("max_position_embeddings", 64)
+        config = transformers.RobertaConfig(vocab_size=vocab, pad_token_id=pad, type_vocab_size=1, **shape)
+        return config, transformers.RobertaModel(config)
+    if arch == "mpnet":
+        shape.setdefault("max_position_embeddings", 66)  # positions count from 2
+        config = transformers.MPNetConfig(vocab_size=vocab, pad_token_id=pad, **shape)
+        return config, transformers.MPNetModel(config)
+    if arch == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=vocab, pad_token_id=pad, **{_DISTILBERT_NAMES.get(k, k): v for k, v in shape.items()})
+        return config, transformers.DistilBertModel(config)
+    if arch == "modernbert":
+        # A global layer, then a local one with a window of +-4 tokens, so test sentences outgrow it.
+        shape = {"local_attention": 8, "global_attn_every_n_layers": 2, **shape}
+        shape = {_MODERNBERT_NAMES.get(k, k): v for k, v in shape.items()}
+        if "mlp_dropout" in shape:
+            shape.setdefault("embedding_dropout", shape["mlp_dropout"])
+        ids = dict(pad_token_id=pad, bos_token_id=tokenizer.cls_token_id, cls_token_id=tokenizer.cls_token_id,
+                   eos_token_id=tokenizer.sep_token_id, sep_token_id=tokenizer.sep_token_id)
+        config = transformers.ModernBertConfig(vocab_size=vocab, **ids, **shape)
+        return config, transformers.ModernBertModel(config)
+    raise ValueError(f"unknown arch {arch!r}")

@@ -11,8 +11,9 @@ import torch
 import transformers
 from flax import nnx
 
-from flaxenc.io.key_tables import BERT_RULES, torch_to_flax
+from flaxenc.key_tables import torch_to_flax
 from flaxenc.models import BertModel, EncoderConfig
+from flaxenc.models.bert import RULES as BERT_RULES
 from flaxenc.models.bert import attention_mask_4d
 from flaxenc.models.roberta import roberta_position_ids
 from flaxenc.modules import POOLING_MODES, pool

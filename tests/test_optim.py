@@ -13,9 +13,11 @@ import transformers
 from flax import nnx
 
 from flaxenc import optim
-from flaxenc.io.key_tables import BERT_RULES, DENSE_RULES, LAYER_NORM_RULES
 from flaxenc.models import BertModel, EncoderConfig
+from flaxenc.models.bert import RULES as BERT_RULES
 from flaxenc.modules import Dense, EmbeddingLayerNorm, Pooling
+from flaxenc.modules.dense import RULES as DENSE_RULES
+from flaxenc.modules.layer_norm import RULES as LAYER_NORM_RULES
 from flaxenc.sentence_model import SentenceModel
 
 # ST's scheduler name -> the transformers function ST's _get_scheduler calls, with its arguments

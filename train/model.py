@@ -18,8 +18,8 @@ from flax import nnx
 
 from flaxenc import SentenceEncoder
 from flaxenc.io.st_folder import STFolder, load_tokenizer, set_tokenizer_options
-from flaxenc.models import EncoderConfig, encoder_class
-from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, Normalize, Pooling
+from flaxenc.models import config_from_dict, family_of
+from flaxenc.modules import Dense, Pooling, head_kind
 from flaxenc.sentence_model import SentenceModel
 from train.config import ConfigError, ModelConfig, ModuleConfig
 
@@ -89,7 +89,7 @@ def new_folder(config: ModelConfig, dtype: jnp.dtype, seed: int) -> STFolder:
     if not config.new_tokenizer:
         raise ConfigError("model.new_config needs model.new_tokenizer: the folder of a (fast) tokenizer to use")
     raw = _new_config(config.new_config)
-    encoder_config = EncoderConfig.from_dict(raw, source="model.new_config")
+    encoder_config = config_from_dict(raw, source="model.new_config")
     tokenizer_folder = Path(resolve_path(config.new_tokenizer))
     if not tokenizer_folder.is_dir():
         raise ConfigError(f"model.new_tokenizer: {tokenizer_folder}: no such tokenizer folder")
@@ -104,35 +104,39 @@ def new_folder(config: ModelConfig, dtype: jnp.dtype, seed: int) -> STFolder:
             f"model.new_config: pad_token_id {encoder_config.pad_token_id} differs from the tokenizer's "
             f"{tokenizer.pad_token_id} ({config.new_tokenizer})"
         )
-    transformer = encoder_class(encoder_config)(encoder_config, dtype=dtype, with_pooler=False, rngs=nnx.Rngs(seed))
+    transformer = family_of(encoder_config).module(encoder_config, dtype=dtype, with_pooler=False, rngs=nnx.Rngs(seed))
     _hf_init(transformer, jax.random.key(seed))
-    positions = encoder_config.max_position_embeddings
-    if encoder_config.architecture == "roberta":
-        positions -= encoder_config.pad_token_id + 1  # RoBERTa's positions start after the padding index
-    max_seq_length = min(tokenizer.model_max_length, positions)
+    max_seq_length = min(tokenizer.model_max_length, encoder_config.max_sequence_length)
     set_tokenizer_options(tokenizer, max_seq_length, do_lower_case=False)
     model = SentenceModel(transformer, Pooling(encoder_config.hidden_size, "mean"), [])
     return STFolder(model, tokenizer, max_seq_length, transformer_config=encoder_config.to_dict())
 
 
+def _st_config(spec: ModuleConfig) -> dict:
+    """A head's options in flaxenc-train's config, as the ST config.json keys its module reads."""
+    if spec.type == "dense":
+        if spec.out_features < 1:
+            raise ConfigError("out_features: a dense module needs a positive out_features")
+        activation = spec.activation if "." in spec.activation else f"torch.nn.modules.activation.{spec.activation}"
+        return {"out_features": spec.out_features, "activation_function": activation, "bias": spec.bias}
+    return {"dropout": spec.rate} if spec.type == "dropout" else {}
+
+
 def _module(spec: ModuleConfig, dim: int, dtype, key: jax.Array, where: str) -> nnx.Module:
     try:
-        if spec.type == "dense":
-            if spec.out_features < 1:
-                raise ConfigError(f"{where}.out_features: a dense module needs a positive out_features")
-            activation = spec.activation if "." in spec.activation else f"torch.nn.modules.activation.{spec.activation}"
-            dense = Dense(dim, spec.out_features, bias=spec.bias, activation_function=activation, dtype=dtype, rngs=nnx.Rngs(0))
-            _torch_linear_init(dense, key)
-            return dense
-        if spec.type == "dropout":
-            return Dropout(spec.rate)
-        if spec.type == "normalize":
-            return Normalize()
-        if spec.type == "layer_norm":
-            return EmbeddingLayerNorm(dim)
+        kind = head_kind(spec.type)
+    except KeyError:
+        raise ConfigError(f"{where}.type: unknown module type {spec.type!r} (pooling, dense, dropout, normalize, layer_norm)") from None
+    try:
+        config = {"in_features": dim, **_st_config(spec)}
+        head = kind.module.from_st_config(config, dim, dtype, nnx.Rngs(0))
+    except ConfigError as error:
+        raise ConfigError(f"{where}.{error}") from None
     except ValueError as error:  # an unknown activation, say
         raise ConfigError(f"{where}: {error}") from None
-    raise ConfigError(f"{where}.type: unknown module type {spec.type!r} (pooling, dense, dropout, normalize, layer_norm)")
+    if isinstance(head, Dense):
+        _torch_linear_init(head, key)
+    return head
 
 
 def replace_modules(folder: STFolder, modules: tuple[ModuleConfig, ...], dtype, seed: int) -> None:
@@ -167,10 +171,7 @@ def build_encoder(config: ModelConfig, seed: int) -> SentenceEncoder:
     else:
         folder = new_folder(config, dtype, seed)
     if config.max_seq_length is not None:
-        transformer = folder.model.transformer.config
-        positions = transformer.max_position_embeddings
-        if transformer.architecture == "roberta":
-            positions -= transformer.pad_token_id + 1
+        positions = folder.model.transformer.config.max_sequence_length
         if not 1 <= config.max_seq_length <= positions:
             raise ConfigError(f"model.max_seq_length: {config.max_seq_length} is not in [1, {positions}], the encoder's positions")
         folder.max_seq_length = config.max_seq_length

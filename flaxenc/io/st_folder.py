@@ -23,37 +23,23 @@ from tokenizers.normalizers import Lowercase
 from tokenizers.normalizers import Sequence as NormalizerSequence
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from flaxenc.io.key_tables import (
-    BERT_BUFFERS,
-    BERT_RULES,
-    DENSE_RULES,
-    LAYER_NORM_RULES,
-    flax_to_torch,
-    normalize_hf_keys,
-    torch_to_flax,
-)
 from flaxenc.io.model_card import ModelFacts, TrainingCard, framework_versions, render_model_card
 from flaxenc.io.st_names import architecture_text
 from flaxenc.io.weights import SAFETENSORS, find_weights, read_tensors, write_safetensors
-from flaxenc.models import BertModel, EncoderConfig, encoder_class
-from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, Normalize, Pooling
+from flaxenc.key_tables import flax_to_torch, normalize_hf_keys, torch_to_flax
+from flaxenc.models import config_from_dict, family_of
+from flaxenc.modules import HEAD_KINDS, Pooling, head_kind, kind_of
 from flaxenc.modules.pooling import LEGACY_MODE_KEYS
 from flaxenc.sentence_model import SentenceModel, abstract_params, flat_params, merge_params
 
 logger = logging.getLogger(__name__)
 
-# The class ST saves for each module kind, in its 6.x layout.
+# The class ST saves for each module kind, in its 6.x layout (heads: flaxenc.modules.HEAD_KINDS).
 MODULE_TYPES = {
     "Transformer": "sentence_transformers.base.modules.transformer.Transformer",
     "Pooling": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
-    "Dense": "sentence_transformers.base.modules.dense.Dense",
-    "Dropout": "sentence_transformers.sentence_transformer.modules.dropout.Dropout",
-    "Normalize": "sentence_transformers.base.modules.normalize.Normalize",
-    "LayerNorm": "sentence_transformers.sentence_transformer.modules.layer_norm.LayerNorm",
+    **{kind.name: kind.st_type for kind in HEAD_KINDS},
 }
-_HEAD_KINDS = {Dense: "Dense", Dropout: "Dropout", Normalize: "Normalize", EmbeddingLayerNorm: "LayerNorm"}
-# Modules ST loads without a folder of their own (no config, no weights).
-_MODULES_WITHOUT_FILES = {"Normalize"}
 # Any of these makes a tokenizer folder: the fast tokenizer, or the files transformers converts from.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
@@ -99,13 +85,7 @@ KNOWN_CONFIG_KEYS = {
         "unpad_inputs", "model_args", "tokenizer_args", "processing_kwargs",
     },
     "Pooling": {"embedding_dimension", "word_embedding_dimension", "pooling_mode", "include_prompt", *LEGACY_MODE_KEYS},
-    "Dense": {
-        "in_features", "out_features", "bias", "activation_function", "use_residual",
-        "module_input_name", "module_output_name",
-    },
-    "Dropout": {"dropout"},
-    "LayerNorm": {"dimension"},
-    "Normalize": {"module_input_name", "module_output_name"},
+    **{kind.name: set(kind.module.ST_CONFIG_KEYS) for kind in HEAD_KINDS},
 }
 
 
@@ -208,7 +188,7 @@ def load_st_folder(folder: str | os.PathLike, dtype: jnp.dtype = jnp.float32) ->
 
 def _check_module_folder(folder: Path, entry: dict, kind: str, modules_json: Path) -> None:
     """A module modules.json lists must have its folder and config.json (ST fails to load it otherwise)."""
-    if kind in _MODULES_WITHOUT_FILES:
+    if any(kind == head.name and not head.needs_folder for head in HEAD_KINDS):
         return
     path = folder / entry.get("path", "")
     if not entry.get("path") or not path.is_dir():
@@ -242,7 +222,8 @@ def _load_transformer(folder: Path, dtype):
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json for the Transformer module")
     raw_config = _read_json(config_path)
-    config = EncoderConfig.from_dict(raw_config, source=str(config_path))
+    config = config_from_dict(raw_config, source=str(config_path))
+    family = family_of(config)
     sbert_path = folder / "sentence_bert_config.json"
     sbert = _read_json(sbert_path) if sbert_path.is_file() else {}
     _check_config_keys("Transformer", sbert, sbert_path)
@@ -252,13 +233,14 @@ def _load_transformer(folder: Path, dtype):
 
     weights_path = find_weights(folder)
     tensors = read_tensors(weights_path)
-    tensors, dropped = normalize_hf_keys(tensors, config.architecture)
+    tensors, dropped = normalize_hf_keys(tensors, family.checkpoint_prefix)
     if dropped:
         logger.info("%s: ignoring %d task-head tensors, as AutoModel does: %s", weights_path, len(dropped), dropped[:4])
     with_pooler = "pooler.dense.weight" in tensors
-    cls = encoder_class(config)
-    graphdef, state, shapes = abstract_params(lambda: cls(config, dtype=dtype, with_pooler=with_pooler, rngs=nnx.Rngs(0)))
-    params = torch_to_flax(BERT_RULES, tensors, shapes, str(weights_path), ignore=BERT_BUFFERS)
+    graphdef, state, shapes = abstract_params(
+        lambda: family.module(config, dtype=dtype, with_pooler=with_pooler, rngs=nnx.Rngs(0))
+    )
+    params = torch_to_flax(family.rules, tensors, shapes, str(weights_path), ignore=family.buffers)
     transformer = merge_params(graphdef, state, params)
 
     tokenizer = load_tokenizer(folder)
@@ -300,40 +282,22 @@ def _load_pooling(folder: Path, hidden: int) -> Pooling:
         raise ValueError(f"{config_path}: {error}") from None
 
 
-def _load_head(kind: str, folder: Path, dim: int, dtype) -> nnx.Module:
+def _load_head(name: str, folder: Path, dim: int, dtype) -> nnx.Module:
     config_path = folder / "config.json"
     config = dict(_read_json(config_path)) if config_path.is_file() else {}
-    _check_config_keys(kind, config, config_path)
+    _check_config_keys(name, config, config_path)
     for key in ("module_input_name", "module_output_name"):
         if config.get(key, "sentence_embedding") != "sentence_embedding":
             raise ValueError(f"{config_path}: {key} {config[key]!r} is not supported, only 'sentence_embedding'")
-    if kind == "Normalize":
-        return Normalize()
-    if kind == "Dropout":
-        return Dropout(config.get("dropout", 0.2))
-    if kind == "LayerNorm":
-        dimension = config.get("dimension", dim)
-        factory, rules = (lambda: EmbeddingLayerNorm(dimension)), LAYER_NORM_RULES
-    else:  # Dense
-        missing = [key for key in ("in_features", "out_features") if key not in config]
-        if missing:
-            raise ValueError(f"{config_path}: missing key {missing[0]!r}")
-        if config["in_features"] != dim:
-            raise ValueError(f"{config_path}: in_features {config['in_features']} differs from the input dimension {dim}")
-        kwargs = dict(
-            in_features=config["in_features"],
-            out_features=config["out_features"],
-            bias=config.get("bias", True),
-            activation_function=config.get("activation_function", "torch.nn.modules.activation.Tanh"),
-            use_residual=config.get("use_residual", False),
-        )
-        factory, rules = (lambda: Dense(**kwargs, dtype=dtype, rngs=nnx.Rngs(0))), DENSE_RULES
+    kind = head_kind(name)
     try:
-        graphdef, state, shapes = abstract_params(factory)
-    except ValueError as error:  # an unknown activation, say
+        graphdef, state, shapes = abstract_params(lambda: kind.module.from_st_config(config, dim, dtype, nnx.Rngs(0)))
+    except ValueError as error:  # an unknown activation, a missing key, say
         raise ValueError(f"{config_path}: {error}") from None
+    if kind.rules is None:
+        return nnx.merge(graphdef, state)
     weights_path = find_weights(folder)
-    params = torch_to_flax(rules, read_tensors(weights_path), shapes, str(weights_path))
+    params = torch_to_flax(kind.rules, read_tensors(weights_path), shapes, str(weights_path))
     return merge_params(graphdef, state, params)
 
 
@@ -348,12 +312,13 @@ def save_st_folder(folder: str | os.PathLike, loaded: STFolder, training: Traini
     modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["Transformer"]}]
 
     # Transformer: config.json, weights, tokenizer and the ST options at the root.
-    transformer: BertModel = model.transformer
+    transformer = model.transformer
     config = {**loaded.transformer_config, **transformer.config.to_dict()}
     if "architectures" in loaded.transformer_config:
         config["architectures"] = loaded.transformer_config["architectures"]
     _write_json(folder / "config.json", config)
-    write_safetensors(flax_to_torch(BERT_RULES, flat_params(transformer)), folder / SAFETENSORS)
+    rules = family_of(transformer.config).rules
+    write_safetensors(flax_to_torch(rules, flat_params(transformer)), folder / SAFETENSORS)
     loaded.tokenizer.save_pretrained(str(folder))
     _write_json(
         folder / "sentence_bert_config.json",
@@ -372,28 +337,12 @@ def save_st_folder(folder: str | os.PathLike, loaded: STFolder, training: Traini
         },
     )
     for idx, head in enumerate(model.heads, start=2):
-        kind = _HEAD_KINDS[type(head)]
-        path = f"{idx}_{kind}"
-        modules.append({"idx": idx, "name": str(idx), "path": path, "type": MODULE_TYPES[kind]})
-        (folder / path).mkdir(parents=True, exist_ok=True)
-        if kind == "Dense":
-            dense_config = {
-                "in_features": head.in_features,
-                "out_features": head.out_features,
-                "bias": head.bias,
-                "activation_function": head.activation_function,
-            }
-            if head.use_residual:
-                dense_config["use_residual"] = True
-            _write_json(folder / path / "config.json", dense_config)
-            write_safetensors(flax_to_torch(DENSE_RULES, flat_params(head)), folder / path / SAFETENSORS)
-        elif kind == "Dropout":
-            _write_json(folder / path / "config.json", {"dropout": head.rate})
-        elif kind == "LayerNorm":
-            _write_json(folder / path / "config.json", {"dimension": head.dimension})
-            write_safetensors(flax_to_torch(LAYER_NORM_RULES, flat_params(head)), folder / path / SAFETENSORS)
-        else:
-            _write_json(folder / path / "config.json", {})
+        kind = kind_of(head)
+        path = f"{idx}_{kind.name}"
+        modules.append({"idx": idx, "name": str(idx), "path": path, "type": kind.st_type})
+        _write_json(folder / path / "config.json", head.st_config())
+        if kind.rules is not None:
+            write_safetensors(flax_to_torch(kind.rules, flat_params(head)), folder / path / SAFETENSORS)
     _write_json(folder / "modules.json", modules)
 
     st_config = dict(loaded.st_config)

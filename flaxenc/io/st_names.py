@@ -10,49 +10,27 @@ from __future__ import annotations
 from typing import Any
 
 from flaxenc import losses
-from flaxenc.modules import Dense, Dropout, EmbeddingLayerNorm, Normalize
+from flaxenc.models import family_of
+from flaxenc.modules import kind_of
 
-# The class AutoModel builds for each model_type: ST's Transformer repr names it.
-AUTO_MODEL_CLASSES = {
-    "bert": "BertModel",
-    "roberta": "RobertaModel",
-    "xlm-roberta": "XLMRobertaModel",
-    "camembert": "CamembertModel",
-}
 # ST's text-only feature-extraction Transformer config (base/modules/transformer.py get_config_dict).
 _TRANSFORMER_CONFIG = {
     "transformer_task": "feature-extraction",
     "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
     "module_output_name": "token_embeddings",
 }
-_IO_NAMES = {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}
 
 
 def module_repr(module) -> str:
     """ST's repr of one module after the transformer: `Kind({config})` (base/modules/module.py)."""
-    if isinstance(module, Dense):
-        config = {
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "bias": module.bias,
-            "activation_function": module.activation_function,
-            **_IO_NAMES,
-        }
-        if module.use_residual:  # ST drops use_residual at its default
-            config["use_residual"] = True
-        return f"Dense({config})"
-    if isinstance(module, Dropout):
-        return f"Dropout({ {'dropout': module.rate} })"
-    if isinstance(module, EmbeddingLayerNorm):
-        return f"LayerNorm({ {'dimension': module.dimension} })"
-    if isinstance(module, Normalize):
-        return f"Normalize({_IO_NAMES})"
-    raise TypeError(f"no ST name for module {type(module).__name__}")
+    return f"{kind_of(module).name}({module.st_repr_config()})"
 
 
 def architecture_text(model) -> str:
     """What `str(SentenceTransformer(folder))` prints for the folder save_st_folder writes of `model`."""
-    transformer = {**_TRANSFORMER_CONFIG, "architecture": AUTO_MODEL_CLASSES[model.transformer.config.model_type]}
+    config = model.transformer.config
+    # 'architecture' is the class AutoModel builds for the model_type (MPNetModel, ...).
+    transformer = {**_TRANSFORMER_CONFIG, "architecture": family_of(config).auto_class(config.model_type)}
     pooling = model.pooling
     modes = pooling.modes[0] if len(pooling.modes) == 1 else tuple(pooling.modes)
     pooling_config = {

@@ -15,5 +15,7 @@ def roberta_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
 
 
 class RobertaModel(BertModel):
-    position_ids = staticmethod(roberta_position_ids)
-    position_offset = staticmethod(lambda pad_token_id: pad_token_id + 1)
+    """Packed rows start each sentence at config.position_offset (pad_token_id + 1)."""
+
+    def position_ids(self, input_ids: jax.Array) -> jax.Array:
+        return roberta_position_ids(input_ids, self.config.pad_token_id)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from flaxenc.key_tables import Rule, linear
 
 # torch activation class (as ST saves it in 2_Dense/config.json) -> the same function in JAX.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -22,6 +25,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"  # ST's Dense default
 
+# ST's Dense weights (2_Dense/model.safetensors) -> Dense below.
+RULES: tuple[Rule, ...] = (*linear("linear", "linear"), *linear("residual", "residual", bias=False))
+
 
 def activation_name(name: str | None) -> str:
     """The canonical torch class path for an activation; accepts `torch.nn.Tanh` or `Tanh` too."""
@@ -36,6 +42,11 @@ def activation_name(name: str | None) -> str:
 
 class Dense(nnx.Module):
     """act(x W + b), plus an optional residual, as sentence_transformers/base/modules/dense.py."""
+
+    # config.json keys read (ST's config_keys, and the input/output names ST writes).
+    ST_CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"in_features", "out_features", "bias", "activation_function", "use_residual", "module_input_name", "module_output_name"}
+    )
 
     def __init__(
         self,
@@ -62,3 +73,39 @@ class Dense(nnx.Module):
         if self.use_residual:
             out = out + (embedding if self.in_features == self.out_features else self.residual(embedding))
         return out
+
+    @classmethod
+    def from_st_config(cls, config: dict[str, Any], dim: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> Dense:
+        """The module of a 2_Dense/config.json on an input of `dim` features (ST's defaults for absent keys)."""
+        missing = [key for key in ("in_features", "out_features") if key not in config]
+        if missing:
+            raise ValueError(f"missing key {missing[0]!r}")
+        in_features = config["in_features"]
+        if in_features != dim:
+            raise ValueError(f"in_features {in_features} differs from the input dimension {dim}")
+        return cls(
+            in_features,
+            config["out_features"],
+            bias=config.get("bias", True),
+            activation_function=config.get("activation_function", DEFAULT_ACTIVATION),
+            use_residual=config.get("use_residual", False),
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    def st_config(self) -> dict[str, Any]:
+        """config.json as ST writes it (use_residual only when set)."""
+        config = {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias,
+            "activation_function": self.activation_function,
+        }
+        return {**config, "use_residual": True} if self.use_residual else config
+
+    def st_repr_config(self) -> dict[str, Any]:
+        """ST's get_config_dict(), as its repr prints it (base/modules/dense.py, module.py)."""
+        config = {**self.st_config(), "module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}
+        if self.use_residual:  # ST drops use_residual at its default, and prints it last
+            config["use_residual"] = config.pop("use_residual")
+        return config

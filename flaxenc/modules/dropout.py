@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,20 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 class Dropout(nnx.Module):
     """ST's Dropout module on the sentence embedding (sentence_transformers/.../dropout.py)."""
 
+    ST_CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset({"dropout"})
+
     def __init__(self, dropout: float = 0.2):
         self.rate = float(dropout)
 
     def __call__(self, embedding: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         return dropout(embedding, self.rate, dropout_key)
+
+    @classmethod
+    def from_st_config(cls, config: dict[str, Any], dim: int, dtype=None, rngs=None) -> Dropout:
+        return cls(config.get("dropout", 0.2))  # ST's Dropout default
+
+    def st_config(self) -> dict[str, Any]:
+        return {"dropout": self.rate}
+
+    def st_repr_config(self) -> dict[str, Any]:
+        return self.st_config()

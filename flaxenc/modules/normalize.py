@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -21,5 +23,17 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 class Normalize(nnx.Module):
     """ST's Normalize module (sentence_transformers/base/modules/normalize.py)."""
 
+    ST_CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset({"module_input_name", "module_output_name"})
+
     def __call__(self, embedding: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         return l2_normalize(embedding)
+
+    @classmethod
+    def from_st_config(cls, config: dict[str, Any], dim: int, dtype=None, rngs=None) -> Normalize:
+        return cls()
+
+    def st_config(self) -> dict[str, Any]:
+        return {}
+
+    def st_repr_config(self) -> dict[str, Any]:
+        return {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"}

@@ -1,6 +1,7 @@
 """Declarative PyTorch <-> Flax parameter tables and the strict conversion that applies them.
 
-A rule names a PyTorch key template and a Flax path template ("{i}" stands for a layer index)
+The tables live beside what they describe: each encoder family's file (flaxenc/models/) and each
+head's (flaxenc/modules/) holds its RULES, and the registries name them. A rule names a PyTorch key template and a Flax path template ("{i}" stands for a layer index)
 and whether the array is transposed (torch Linear weights are [out, in], Flax kernels [in, out]).
 The same rules convert in both directions, so a saved folder has the keys PyTorch expects.
 """
@@ -38,36 +39,13 @@ def linear(torch_name: str, flax_name: str, bias: bool = True) -> list[Rule]:
     return rules + [Rule(f"{torch_name}.bias", f"{flax_name}.bias")] if bias else rules
 
 
-def layer_norm(torch_name: str, flax_name: str) -> list[Rule]:
-    return [Rule(f"{torch_name}.weight", f"{flax_name}.scale"), Rule(f"{torch_name}.bias", f"{flax_name}.bias")]
+def layer_norm(torch_name: str, flax_name: str, bias: bool = True) -> list[Rule]:
+    rules = [Rule(f"{torch_name}.weight", f"{flax_name}.scale")]
+    return rules + [Rule(f"{torch_name}.bias", f"{flax_name}.bias")] if bias else rules
 
 
 def embedding(torch_name: str, flax_name: str) -> list[Rule]:
     return [Rule(f"{torch_name}.weight", f"{flax_name}.embedding")]
-
-
-# transformers' BertModel / RobertaModel state dict -> flaxenc.models.BertModel.
-BERT_RULES: tuple[Rule, ...] = (
-    *embedding("embeddings.word_embeddings", "embeddings.word_embeddings"),
-    *embedding("embeddings.position_embeddings", "embeddings.position_embeddings"),
-    *embedding("embeddings.token_type_embeddings", "embeddings.token_type_embeddings"),
-    *layer_norm("embeddings.LayerNorm", "embeddings.layer_norm"),
-    *linear("encoder.layer.{i}.attention.self.query", "layers.{i}.attention.query"),
-    *linear("encoder.layer.{i}.attention.self.key", "layers.{i}.attention.key"),
-    *linear("encoder.layer.{i}.attention.self.value", "layers.{i}.attention.value"),
-    *linear("encoder.layer.{i}.attention.output.dense", "layers.{i}.attention.output"),
-    *layer_norm("encoder.layer.{i}.attention.output.LayerNorm", "layers.{i}.attention.layer_norm"),
-    *linear("encoder.layer.{i}.intermediate.dense", "layers.{i}.intermediate"),
-    *linear("encoder.layer.{i}.output.dense", "layers.{i}.output"),
-    *layer_norm("encoder.layer.{i}.output.LayerNorm", "layers.{i}.layer_norm"),
-    *linear("pooler.dense", "pooler.dense"),
-)
-# Non-parameter buffers transformers keeps in some checkpoints.
-BERT_BUFFERS = re.compile(r"embeddings\.(position_ids|token_type_ids)$")
-
-# ST's Dense (2_Dense/model.safetensors) and LayerNorm modules.
-DENSE_RULES: tuple[Rule, ...] = (*linear("linear", "linear"), *linear("residual", "residual", bias=False))
-LAYER_NORM_RULES: tuple[Rule, ...] = tuple(layer_norm("norm", "norm"))
 
 
 def normalize_hf_keys(tensors: dict[str, np.ndarray], base_prefix: str) -> tuple[dict[str, np.ndarray], list[str]]:
