@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flaxenc import fields
+
 # ---------------------------------------------------------------------------------------------
 # Learning-rate schedules
 #
@@ -281,34 +283,40 @@ def adamw(
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """The optimizer section of a run config; defaults are ST fit()'s (fit_mixin.py) with no warmup."""
+    """The optimizer of a run (flaxenc-train's `optimizer:` section); defaults are ST fit()'s with no warmup.
+
+    Each field declares its allowed values (flaxenc.fields); a value outside them is a ValueError
+    naming the field.
+    """
 
     # Peak learning rate (ST fit's optimizer_params {"lr": 2e-5}).
-    learning_rate: float = 2e-5
+    learning_rate: float = fields.field(2e-5, allowed=fields.POSITIVE)
     # Decoupled weight decay, not applied to biases and LayerNorms.
-    weight_decay: float = 0.01
+    weight_decay: float = fields.field(0.01, allowed=fields.NON_NEGATIVE)
     # Clip gradients to this global 2-norm as torch's clip_grad_norm_; 0 disables.
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = fields.field(1.0, allowed=fields.NON_NEGATIVE)
     # One of SCHEDULES, any case: constantlr, warmupconstant, warmuplinear, warmupcosine,
     # warmupcosinewithhardrestarts.
-    scheduler: str = "warmuplinear"
-    # Optimizer updates of linear warmup from 0 to learning_rate.
-    warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    # Micro-batches whose mean gradient makes one update.
-    accumulation_steps: int = 1
+    scheduler: str = fields.field("warmuplinear", allowed=tuple(SCHEDULES))
+    # Optimizer updates of linear warmup from 0 to learning_rate; None: warmup_ratio of all updates.
+    warmup_steps: int | None = fields.field(None, allowed=fields.NON_NEGATIVE)
+    warmup_ratio: float = fields.field(0.0, allowed=fields.Range(0, 1))
+    adam_beta1: float = fields.field(0.9, allowed=fields.BELOW_ONE)
+    adam_beta2: float = fields.field(0.999, allowed=fields.BELOW_ONE)
+    adam_epsilon: float = fields.field(1e-8, allowed=fields.POSITIVE)
+    # Micro-batches whose mean gradient makes one update (gradient accumulation).
+    accumulation_steps: int = fields.field(1, allowed=fields.AT_LEAST_ONE)
 
     def __post_init__(self):
-        if self.scheduler.lower() not in SCHEDULES:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; use one of {sorted(SCHEDULES)} (any case)")
-        if self.accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be >= 1, got {self.accumulation_steps}")
+        fields.check_fields(self)
+
+    def warmup(self, total_steps: int) -> int:
+        """Warmup updates: warmup_steps, else ceil(warmup_ratio * total) (transformers' get_warmup_steps)."""
+        return self.warmup_steps if self.warmup_steps is not None else math.ceil(self.warmup_ratio * total_steps)
 
     def schedule(self, total_steps: int) -> optax.Schedule:
         """The lr schedule over `total_steps` optimizer updates."""
-        return learning_rate_schedule(self.scheduler, self.learning_rate, self.warmup_steps, total_steps)
+        return learning_rate_schedule(self.scheduler, self.learning_rate, self.warmup(total_steps), total_steps)
 
     def build(self, total_steps: int) -> optax.GradientTransformation:
         """The optimizer for a run of `total_steps` optimizer updates."""

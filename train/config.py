@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import math
 import os
 import types
 import typing
@@ -20,36 +19,9 @@ from typing import Any
 
 import yaml
 
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """Numbers from low to high (None: unbounded); *_open excludes that end. NaN and infinity are never in it."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: Any) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-
-
-POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Range(0, low_open=True), Range(0), Range(1)
-BELOW_ONE = Range(0, 1, high_open=True)  # [0, 1): dropout rates, Adam betas
-
-
-def _field(default: Any = dataclasses.MISSING, *, allowed: Range | tuple | None = None, resume: bool = True, **kwargs):
-    """A dataclass field with its allowed values (a Range, or a tuple of choices) and whether resume compares it."""
-    return dataclasses.field(default=default, metadata={"allowed": allowed, "resume": resume}, **kwargs)
+from flaxenc.fields import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
+from flaxenc.fields import field as _field  # ranges are the library's; so is OptimizerConfig
+from flaxenc.optim import OptimizerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,27 +136,6 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    # AdamW peak learning rate.
-    learning_rate: float = _field(2e-5, allowed=POSITIVE)
-    weight_decay: float = _field(0.01, allowed=NON_NEGATIVE)
-    # Clip gradients to this global norm (0: no clipping).
-    max_grad_norm: float = _field(1.0, allowed=NON_NEGATIVE)
-    # constantlr, warmupconstant, warmuplinear, warmupcosine, warmupcosinewithhardrestarts (any case).
-    scheduler: str = _field(
-        "warmuplinear", allowed=("constantlr", "warmupconstant", "warmuplinear", "warmupcosine", "warmupcosinewithhardrestarts")
-    )
-    # Warmup in optimizer steps; warmup_ratio (of all steps) is used when warmup_steps is None.
-    warmup_steps: int | None = _field(None, allowed=NON_NEGATIVE)
-    warmup_ratio: float = _field(0.0, allowed=Range(0, 1))
-    adam_beta1: float = _field(0.9, allowed=BELOW_ONE)
-    adam_beta2: float = _field(0.999, allowed=BELOW_ONE)
-    adam_epsilon: float = _field(1e-8, allowed=POSITIVE)
-    # Micro-batches a step (gradient accumulation).
-    accumulation_steps: int = _field(1, allowed=AT_LEAST_ONE)
-
-
-@dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     # A name from flaxenc.evaluation.EVALUATORS, or empty for none.
     evaluator: str = _field("", allowed=("", "embedding_similarity", "binary_classification", "triplet"))
@@ -239,11 +190,10 @@ class ConfigError(ValueError):
 
 
 def _check_value(value: Any, allowed: Range | tuple, key: str) -> None:
-    if isinstance(allowed, Range):
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
-    elif (value.lower() if isinstance(value, str) else value) not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+    try:
+        check_value(value, allowed, key)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def validate(config: Any, prefix: str = "") -> None:
@@ -339,7 +289,10 @@ def build(cls, values: dict[str, Any], prefix: str = ""):
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else name
         converted[name] = _convert(value, hints[name], key)
-    return cls(**converted)
+    try:
+        return cls(**converted)
+    except ValueError as error:  # a section that checks itself (OptimizerConfig): its message names the field
+        raise ConfigError(f"{prefix}.{error}" if prefix else str(error)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
