@@ -47,10 +47,17 @@ def split_params(params) -> tuple[nnx.State, Any]:
 
 
 class TrainState(NamedTuple):
-    step: jax.Array  # micro-steps taken (optimizer steps x accumulation steps)
+    step: jax.Array  # optimizer steps taken (the run's one step counter: logs and checkpoints use it)
     params: nnx.State  # or ModelAndLossParams for a loss with parameters
-    opt_state: optax.OptState
-    rng: jax.Array  # base key; step k drops out with fold_in(rng, k)
+    opt_state: optax.OptState  # with accumulation, optax.MultiSteps' state: its mini_step counts micro-batches
+    rng: jax.Array  # base key; micro-step k drops out with fold_in(rng, k)
+
+
+def micro_step(state: TrainState, accumulation_steps: int = 1) -> jax.Array:
+    """Micro-batches taken: optimizer steps x accumulation steps, plus those of the update in progress."""
+    if accumulation_steps == 1:
+        return state.step
+    return state.step * accumulation_steps + state.opt_state.mini_step
 
 
 def embed_columns(
@@ -146,7 +153,7 @@ def _train_step(
     mesh: Mesh | None = None,
     guide: tuple[nnx.GraphDef, nnx.State] | None = None,
 ):
-    dropout_key, loss_key = step_keys(state.rng, state.step)
+    dropout_key, loss_key = step_keys(state.rng, micro_step(state, accumulation_steps))
     loss_options = {"key": loss_key} if getattr(loss, "needs_key", False) else {}  # plain functions need none
     mini_batch_size = getattr(loss, "mini_batch_size", None)
 
@@ -169,8 +176,10 @@ def _train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss_value, "grad_norm": optax.global_norm(grads)}
     if learning_rate_fn is not None:
-        metrics["learning_rate"] = learning_rate_fn(state.step // accumulation_steps)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
+        metrics["learning_rate"] = learning_rate_fn(state.step)
+    # An optimizer step ends when MultiSteps applies its update (its mini_step wraps to 0).
+    applied = 1 if accumulation_steps == 1 else (opt_state.mini_step == 0).astype(state.step.dtype)
+    new_state = TrainState(step=state.step + applied, params=params, opt_state=opt_state, rng=state.rng)
     return new_state, metrics
 
 

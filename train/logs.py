@@ -1,4 +1,5 @@
-"""Where a run reports: metrics.jsonl, TensorBoard event files and a PNG plot in the output folder.
+"""Where a run reports: metrics.jsonl, TensorBoard event files and a PNG plot in the output folder,
+and the window of steps whose metrics are still on the device.
 
 On resume, records past the resumed step are dropped, so the files tell one consistent history.
 """
@@ -7,8 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
+
+import jax
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
@@ -73,3 +77,43 @@ class RunLog:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class MetricWindow:
+    """The steps since the last report: their metrics stay on device until `flush` fetches them all at once.
+
+    Steps are dispatched without waiting; a fetch every `log_every` steps is the loop's only
+    device-to-host transfer of metrics. The clock times training steps only (`restart_clock` after
+    an evaluation or a checkpoint).
+    """
+
+    def __init__(self, examples_per_step: int):
+        self.examples_per_step = examples_per_step
+        self.pending: list[tuple[int, Any]] = []
+        self.steps_timed, self.started = 0, time.perf_counter()
+        self.run_started, self.run_steps, self.run_seconds = self.started, 0, None
+
+    def add(self, step: int, metrics: Any) -> None:
+        self.pending.append((step, metrics))
+        self.steps_timed += 1
+        self.run_steps += 1
+
+    def restart_clock(self) -> None:
+        self.started = time.perf_counter()
+
+    def flush(self) -> tuple[list[tuple[int, dict[str, float]]], float]:
+        """(step, metrics as floats) of each pending step, and the examples/s since the last flush."""
+        fetched = jax.device_get([metrics for _, metrics in self.pending])
+        steps = [(step, {key: float(value) for key, value in metrics.items()}) for (step, _), metrics in zip(self.pending, fetched)]
+        rate = self.steps_timed * self.examples_per_step / max(time.perf_counter() - self.started, 1e-9)
+        self.pending.clear()
+        self.steps_timed, self.started = 0, time.perf_counter()
+        return steps, rate
+
+    def close(self) -> None:
+        """Ends the run's clock (wall time of the loop, evaluations and checkpoints included)."""
+        self.run_seconds = time.perf_counter() - self.run_started
+
+    @property
+    def examples_per_second_overall(self) -> float:
+        return self.run_steps * self.examples_per_step / self.run_seconds if self.run_steps else 0.0

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import math
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import yaml
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from flaxenc import evaluation, losses, optim, sharding
+from flaxenc import evaluation, losses, sharding
 from flaxenc.train_step import TrainStep, init_train_state, params_to_model
 from train.card import evaluation_at, evaluation_result, training_card
 from train.checkpoint import CheckpointError, Checkpoints, write_json
@@ -42,7 +42,7 @@ from train.config import (
 )
 from train.data import load_table
 from train.inputs import StreamInput, TableInput, datasets_of, is_streamed, loss_key
-from train.logs import RunLog
+from train.logs import MetricWindow, RunLog
 from train.model import build_encoder
 from train.output import MARKER_NAME, RunLock, atomic_save, check_output_dir, remove_partial_saves
 
@@ -202,17 +202,9 @@ class Run:
         self.total_steps = micro_steps // self.accumulation
         if self.total_steps < 1:
             raise ConfigError(f"optimizer.accumulation_steps: {self.accumulation} micro-batches exceed the run's {micro_steps}")
-        self.total_micro_steps = self.total_steps * self.accumulation
-        # transformers' get_warmup_steps: explicit steps, else ceil(ratio * total).
-        warmup = opt.warmup_steps if opt.warmup_steps is not None else math.ceil(opt.warmup_ratio * self.total_steps)
-        try:
-            self.schedule = optim.learning_rate_schedule(opt.scheduler, opt.learning_rate, warmup, self.total_steps)
-        except ValueError as error:
-            raise ConfigError(f"optimizer.scheduler: {error}") from None
-        self.warmup_steps = warmup
-        tx = optim.adamw(
-            self.schedule, opt.weight_decay, opt.max_grad_norm, opt.adam_beta1, opt.adam_beta2, opt.adam_epsilon, self.accumulation
-        )
+        self.warmup_steps = opt.warmup(self.total_steps)
+        self.schedule = opt.schedule(self.total_steps)
+        tx = opt.build(self.total_steps)
         self.graphdef, state = init_train_state(self.encoder.model, tx, config.seed)
         # One compiled step per loss (each compiles per batch shape); they share the state.
         self.step_fns = [
@@ -221,6 +213,7 @@ class Run:
         ]
         self.step_fn = self.step_fns[0]
         self.state = self.step_fn.place_state(state)
+        self._published_step = None  # the step whose parameters self.encoder holds (see _publish)
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -276,13 +269,14 @@ class Run:
         names = {field.name for field in dataclasses.fields(Summary)}
         return Summary(**{key: value for key, value in saved.items() if key in names} | {"already_finished": True})
 
-    def _position(self, micro_step: int, metric: float | None) -> dict[str, Any]:
-        epoch, in_epoch = divmod(micro_step, self.batches.steps_per_epoch)
+    def _position(self, step: int, metric: float | None) -> dict[str, Any]:
+        epoch, in_epoch = divmod(step * self.accumulation, self.batches.steps_per_epoch)
         return {
-            "micro_step": micro_step,
+            "step": step,  # optimizer steps, as TrainState.step, the logs and the checkpoint's name
             "epoch": epoch,
-            "step_in_epoch": in_epoch,
+            "step_in_epoch": in_epoch,  # in micro-batches
             "steps_per_epoch": self.batches.steps_per_epoch,
+            "accumulation_steps": self.accumulation,
             "batch_size": self.config.batch_size,
             "rows": self.batches.rows,
             "metric": metric,
@@ -295,8 +289,16 @@ class Run:
         if step is None:
             return None
         self.state, position = checkpoints.restore(step, like=self.state, data=self.batches.checkpoint_item)
+        if "step" not in position:  # flaxenc before one step counter: its state counted micro-batches
+            if self.accumulation > 1:
+                raise CheckpointError(
+                    f"{checkpoints.directory / str(step)}: written by an older flaxenc whose state counted micro-batches; "
+                    "with accumulation_steps > 1 it cannot be resumed: use another output_dir"
+                )
+            position = {**position, "step": position.get("micro_step"), "accumulation_steps": 1}
         expected = self._position(int(self.state.step), None)
-        changed = [key for key in ("micro_step", "steps_per_epoch", "batch_size", "rows") if position.get(key) != expected[key]]
+        keys = ("step", "steps_per_epoch", "accumulation_steps", "batch_size", "rows")
+        changed = [key for key in keys if position.get(key) != expected[key]]
         if changed:
             then = ", ".join(f"{key} {position.get(key)}" for key in changed)
             now = ", ".join(f"{key} {expected[key]}" for key in changed)
@@ -315,7 +317,7 @@ class Run:
             self.config,
             loss=self.loss,
             # streamed: the examples trained (the records read are not counted ahead)
-            rows=self.batches.rows if self.batches.rows is not None else self.total_micro_steps * self.config.batch_size,
+            rows=self.batches.rows if self.batches.rows is not None else self.total_steps * self.accumulation * self.config.batch_size,
             steps_per_epoch=self.batches.steps_per_epoch,
             total_steps=self.total_steps,
             warmup_steps=self.warmup_steps,
@@ -328,15 +330,25 @@ class Run:
 
     def _evaluations(self, evaluator, metrics: dict | None, step: int, split: str = "validation") -> list:
         """[the card's record of `metrics`], or [] when there are none."""
-        epoch = step * self.accumulation / self.batches.steps_per_epoch
-        return [evaluation_result(evaluator, metrics, step, epoch, split)] if metrics else []
+        return [evaluation_result(evaluator, metrics, step, self._epoch(step), split)] if metrics else []
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def evaluate(self, step: int, epoch: float) -> dict[str, float]:
-        self.encoder.model = params_to_model(self.graphdef, self.state)
+    def _epoch(self, step: int) -> float:
+        """Epochs done after optimizer step `step`."""
+        return step * self.accumulation / self.batches.steps_per_epoch
+
+    def _publish(self) -> None:
+        """Gives the encoder the current parameters: one transfer of them per step, however many users."""
+        step = int(self.state.step)
+        if self._published_step != step:
+            self.encoder.model = params_to_model(self.graphdef, self.state)
+            self._published_step = step
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        self._publish()
         output_path = str(self.output_dir / "eval") if self.is_main else None
-        return self.evaluator(self.encoder, output_path=output_path, epoch=int(epoch), steps=step)
+        return self.evaluator(self.encoder, output_path=output_path, epoch=int(self._epoch(step)), steps=step)
 
     def train(self) -> Summary:
         lock = RunLock(self.output_dir)
@@ -368,149 +380,143 @@ class Run:
         self.encoder.write_model_card(folder, card)
 
     def _train(self) -> Summary:
-        config = self.config
-        if self.is_main:
-            if hasattr(self.batches, "write_cache"):
-                self.batches.write_cache()
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-        checkpoints = Checkpoints(self.output_dir / "checkpoints", config.checkpoint.keep)
+        """Steps from the newest checkpoint (or the start) to total_steps, then the saved models."""
+        checkpoints = self._open_checkpoints()
         resumed = self._resume(checkpoints)
         start = resumed or 0
+        self.last_good, self.last_loss, eval_result = resumed, None, {}
         log = RunLog(self.output_dir, start) if self.is_main else None
-        primary = self.evaluator.primary_metric if self.evaluator else None
-        per_epoch = self.batches.steps_per_epoch
-        examples_per_step = config.batch_size * self.accumulation
+        window = MetricWindow(self.config.batch_size * self.accumulation)
         logger.info(
             "%s examples, %d steps a epoch, %d optimizer steps (warmup %d), %d devices",
-            self.batches.rows or "streamed", per_epoch, self.total_steps, self.warmup_steps, self.mesh.size,
+            self.batches.rows or "streamed", self.batches.steps_per_epoch, self.total_steps, self.warmup_steps, self.mesh.size,
         )
-
-        pending: list[tuple[int, dict]] = []  # (optimizer step, metrics on device) not yet fetched
-        reported_skips = [0]
-        last_good = resumed
-        last_loss, eval_result = None, {}
-        window_start, window_steps = time.perf_counter(), 0
-        started, steps_done = time.perf_counter(), 0
         bar = tqdm(total=self.total_steps, initial=start, desc="Training", unit="step", disable=not self.progress or not self.is_main)
-
-        def flush(step: int) -> None:
-            """Fetches pending metrics; stops at the first non-finite loss; logs the window's mean."""
-            nonlocal last_loss, window_start, window_steps
-            fetched = jax.device_get([metrics for _, metrics in pending])
-            for (at, _), metrics in zip(pending, fetched):
-                if not math.isfinite(float(metrics["loss"])):
-                    where = f"step {last_good} in {checkpoints.directory}" if last_good else "none was written"
-                    raise TrainingDiverged(
-                        f"the training loss is {float(metrics['loss'])} at optimizer step {at} (epoch "
-                        f"{(at * self.accumulation) / per_epoch:.2f}); stopping. The last good checkpoint: {where}. "
-                        "Lower the learning rate, or check the data and labels."
-                    )
-            elapsed = time.perf_counter() - window_start
-            values = {
-                "loss": float(np.mean([float(m["loss"]) for m in fetched])),
-                "learning_rate": float(fetched[-1]["learning_rate"]),
-                "grad_norm": float(fetched[-1]["grad_norm"]),
-                "examples_per_second": window_steps * examples_per_step / elapsed,
-            }
-            last_loss = values["loss"]
-            pending.clear()
-            window_start, window_steps = time.perf_counter(), 0
-            skipped, first = self.batches.skipped
-            if skipped:
-                values["skipped_records"] = skipped
-                if skipped != reported_skips[0]:
-                    logger.warning("%d bad records skipped so far on process %d (the first: %s)", skipped, jax.process_index(), first)
-                    reported_skips[0] = skipped
-            if log:
-                log.write("train", step, step * self.accumulation / per_epoch, values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", ex_s=f"{values['examples_per_second']:.0f}")
-
         batches = self.batches.batches(start * self.accumulation)
         try:
-            for micro in range(start * self.accumulation, self.total_micro_steps):
-                in_epoch, loss_index, batch = next(batches)
-                self.state, metrics = self.step_fns[loss_index](self.state, batch)
-                if (micro + 1) % self.accumulation:
-                    continue
-                step = (micro + 1) // self.accumulation
-                pending.append((step, metrics))
-                window_steps += 1
-                steps_done += 1
+            for step in range(start + 1, self.total_steps + 1):
+                in_epoch, metrics = self._optimizer_step(batches)
+                window.add(step, metrics)
                 bar.update(1)
-                last = step == self.total_steps
-                epoch_end = in_epoch == per_epoch - 1
-                evaluate = self.evaluator is not None and (
-                    epoch_end or last or (config.evaluation.every_steps and step % config.evaluation.every_steps == 0)
-                )
-                save = evaluate or last or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
-                if step % config.log_every == 0 or evaluate or save:
-                    flush(step)  # before a checkpoint: never save a diverged state
+                evaluate, save = self._due(step, in_epoch)
+                if step % self.config.log_every == 0 or evaluate or save:
+                    self._report(step, window, log, bar, checkpoints)  # before a checkpoint: never save a diverged state
                 metric = None
                 if evaluate:
-                    eval_result = self.evaluate(step, (micro + 1) / per_epoch)
-                    primary = self.evaluator.primary_metric  # known once the evaluator has seen the model
-                    metric = eval_result.get(primary)
-                    if log:
-                        log.write("eval", step, (micro + 1) / per_epoch, eval_result)
-                        log.plot(primary)
-                    if self.is_main:
-                        tqdm.write(f"step {step}: {primary} {metric:.4f}")
+                    eval_result = self._evaluate_and_log(step, log)
+                    metric = eval_result.get(self.evaluator.primary_metric)
                 if save:
-                    checkpoints.save(step, self.state, self._position(micro + 1, metric), data=self.batches.checkpoint_item)
-                    last_good = step
+                    checkpoints.save(step, self.state, self._position(step, metric), data=self.batches.checkpoint_item)
+                    self.last_good = step
                 if evaluate or save:
-                    window_start = time.perf_counter()  # throughput counts training steps only
+                    window.restart_clock()  # throughput counts training steps only
         finally:
             batches.close()
             self.batches.close()
             bar.close()
-        seconds = time.perf_counter() - started
+            window.close()
+        return self._finish(checkpoints, log, eval_result, resumed, window)
 
-        final_dir = self.output_dir / "final"
-        final_epoch = self.total_micro_steps / per_epoch
+    def _open_checkpoints(self) -> Checkpoints:
+        """The run's checkpoints; process 0 first writes the token cache and config.yaml."""
+        if self.is_main:
+            if hasattr(self.batches, "write_cache"):
+                self.batches.write_cache()
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False), encoding="utf-8")
+        return Checkpoints(self.output_dir / "checkpoints", self.config.checkpoint.keep)
+
+    def _optimizer_step(self, batches: Iterator) -> tuple[int, dict]:
+        """One optimizer step: `accumulation` micro-batches, each through its loss's compiled step.
+
+        Returns the last micro-batch's step in its epoch and the step's metrics, left on device.
+        """
+        for _ in range(self.accumulation):
+            in_epoch, loss_index, batch = next(batches)
+            self.state, metrics = self.step_fns[loss_index](self.state, batch)
+        return in_epoch, metrics
+
+    def _due(self, step: int, in_epoch: int) -> tuple[bool, bool]:
+        """(evaluate, save) after optimizer step `step`: at epoch ends, the last step and every N steps."""
+        config, last = self.config, step == self.total_steps
+        epoch_end = in_epoch == self.batches.steps_per_epoch - 1
+        every = config.evaluation.every_steps
+        evaluate = self.evaluator is not None and (epoch_end or last or bool(every and step % every == 0))
+        every = config.checkpoint.every_steps
+        return evaluate, evaluate or last or bool(every and step % every == 0)
+
+    def _report(self, step: int, window: MetricWindow, log: RunLog | None, bar, checkpoints: Checkpoints) -> None:
+        """Fetches the window's metrics, stops at the first non-finite loss, logs the window's mean."""
+        fetched, examples_per_second = window.flush()
+        for at, metrics in fetched:
+            if not math.isfinite(metrics["loss"]):
+                where = f"step {self.last_good} in {checkpoints.directory}" if self.last_good else "none was written"
+                raise TrainingDiverged(
+                    f"the training loss is {metrics['loss']} at optimizer step {at} (epoch {self._epoch(at):.2f}); "
+                    f"stopping. The last good checkpoint: {where}. Lower the learning rate, or check the data and labels."
+                )
+        last = fetched[-1][1]
+        values = {
+            "loss": float(np.mean([metrics["loss"] for _, metrics in fetched])),
+            "learning_rate": last["learning_rate"],
+            "grad_norm": last["grad_norm"],
+            "examples_per_second": examples_per_second,
+        }
+        self.last_loss = values["loss"]
+        values.update(self._skipped_records())
+        if log:
+            log.write("train", step, self._epoch(step), values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", ex_s=f"{examples_per_second:.0f}")
+
+    def _skipped_records(self) -> dict[str, int]:
+        """{"skipped_records": n} once the input has skipped bad records (warned when the count grows)."""
+        skipped, first = self.batches.skipped
+        if not skipped:
+            return {}
+        if skipped != getattr(self, "_skips_reported", 0):
+            logger.warning("%d bad records skipped so far on process %d (the first: %s)", skipped, jax.process_index(), first)
+            self._skips_reported = skipped
+        return {"skipped_records": skipped}
+
+    def _evaluate_and_log(self, step: int, log: RunLog | None) -> dict[str, float]:
+        result = self.evaluate(step)
+        primary = self.evaluator.primary_metric  # known once the evaluator has seen the model
+        if log:
+            log.write("eval", step, self._epoch(step), result)
+            log.plot(primary)
+        if self.is_main:
+            tqdm.write(f"step {step}: {primary} {result.get(primary, float('nan')):.4f}")
+        return result
+
+    # -- the end of a run: saved models, the test score, the summary ---------------------------
+
+    def _finish(
+        self, checkpoints: Checkpoints, log: RunLog | None, eval_result: dict, resumed: int | None, window: MetricWindow
+    ) -> Summary:
         if not eval_result and self.evaluator is not None and resumed == self.total_steps:
-            eval_result = self.evaluate(self.total_steps, final_epoch)  # a finished run rerun
-            primary = self.evaluator.primary_metric
-        self.encoder.model = params_to_model(self.graphdef, self.state)
-        best_step = checkpoints.best_step() if self.evaluator else None
-        best_dir = None
+            eval_result = self.evaluate(self.total_steps)  # a finished run rerun
         records = log.records if log else []
+        final_dir = self.output_dir / "final"
         final_evaluations = self._evaluations(self.evaluator, eval_result, self.total_steps)
+        self._publish()
         if self.is_main:
             self._save_model(final_dir, self._card(final_evaluations, records, self.total_steps))
-            if best_step is not None and best_step != self.total_steps:
-                best_state, _ = checkpoints.restore(best_step, like=self.state)
-                self.encoder.model = params_to_model(self.graphdef, best_state)
-                best_dir = self.output_dir / "best"
-                best_evaluations = self._evaluations(self.evaluator, evaluation_at(records, best_step), best_step)
-                self._save_model(best_dir, self._card(best_evaluations, records, best_step))
-                self.encoder.model = params_to_model(self.graphdef, self.state)
-            elif best_step is not None:
-                best_dir = final_dir
+        test_result = self._test(final_dir, final_evaluations, records)
+        best_step = checkpoints.best_step() if self.evaluator else None
+        best_dir = self._export_best(checkpoints, best_step, records) if best_step is not None else None
         checkpoints.close()
-        test_result = {}
-        if self.test_evaluator is not None:
-            test_result = self.test_evaluator(
-                self.encoder, output_path=str(self.output_dir / "eval") if self.is_main else None,
-                epoch=int(final_epoch), steps=self.total_steps,
-            )
-            if self.is_main:  # final/ was saved before its test score was known: its card now carries it
-                test = self._evaluations(self.test_evaluator, test_result, self.total_steps, "test")
-                card = self._card(final_evaluations + test, records, self.total_steps)
-                self.encoder.write_model_card(final_dir, card)
         summary = Summary(
             output_dir=str(self.output_dir),
             steps=self.total_steps,
-            epochs=final_epoch,
-            seconds=seconds,
-            pairs_per_second=steps_done * examples_per_step / seconds if steps_done else 0.0,
-            final_loss=last_loss,
+            epochs=self._epoch(self.total_steps),
+            seconds=window.run_seconds,
+            pairs_per_second=window.examples_per_second_overall,
+            final_loss=self.last_loss,
             resumed_from=resumed,
             final_model=str(final_dir),
             eval=dict(eval_result),
             best_step=best_step,
             best_model=str(best_dir) if best_dir else None,
-            primary_metric=primary,
+            primary_metric=self.evaluator.primary_metric if self.evaluator else None,
             test=dict(test_result),
             test_primary_metric=self.test_evaluator.primary_metric if self.test_evaluator else None,
         )
@@ -520,6 +526,33 @@ class Run:
             log.close()
             write_json(self.output_dir / "summary.json", dataclasses.asdict(summary))
         return summary
+
+    def _test(self, final_dir: Path, final_evaluations: list, records: list) -> dict[str, float]:
+        """The test table's scores of the final model; final/'s card, saved before they were known, then carries them."""
+        if self.test_evaluator is None:
+            return {}
+        self._publish()
+        result = self.test_evaluator(
+            self.encoder, output_path=str(self.output_dir / "eval") if self.is_main else None,
+            epoch=int(self._epoch(self.total_steps)), steps=self.total_steps,
+        )
+        if self.is_main:
+            test = self._evaluations(self.test_evaluator, result, self.total_steps, "test")
+            self.encoder.write_model_card(final_dir, self._card(final_evaluations + test, records, self.total_steps))
+        return result
+
+    def _export_best(self, checkpoints: Checkpoints, best_step: int, records: list) -> Path:
+        """best/: the checkpoint with the best primary metric (final/ itself when that is the last step)."""
+        if best_step == self.total_steps:
+            return self.output_dir / "final"
+        best_state, _ = checkpoints.restore(best_step, like=self.state)  # on every process: orbax syncs them
+        self.encoder.model = params_to_model(self.graphdef, best_state)
+        self._published_step = None
+        best_dir = self.output_dir / "best"
+        if self.is_main:
+            evaluations = self._evaluations(self.evaluator, evaluation_at(records, best_step), best_step)
+            self._save_model(best_dir, self._card(evaluations, records, best_step))
+        return best_dir
 
 
 def train(config: TrainConfig, progress: bool = True) -> Summary:
