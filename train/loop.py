@@ -145,7 +145,8 @@ def _uses_in_batch_negatives(loss) -> bool:
 class Run:
     """One training run in `config.output_dir`; `Run(config).train()` returns a Summary."""
 
-    def __init__(self, config: TrainConfig, progress: bool = True):
+    def __init__(self, config: TrainConfig, progress: bool = True, evaluator=None):
+        """evaluator: an evaluator object instead of config.evaluation's (the Python trainer's)."""
         self.config, self.progress = config, progress
         self.output_dir = Path(config.output_dir)
         self.is_main = jax.process_index() == 0
@@ -162,7 +163,7 @@ class Run:
         specs = {loss_key(config, spec): spec.loss or config.loss for spec in datasets_of(config)}
         self.losses = [self.loss if specs[key] == config.loss else build_loss(specs[key]) for key in distinct]
         self.loss_index = [distinct.index(key) for key in keys]
-        self.evaluator = build_evaluator(config.evaluation)
+        self.evaluator = evaluator if evaluator is not None else build_evaluator(config.evaluation)
         self.test_evaluator = build_evaluator(config.evaluation, config.evaluation.test_data) if config.evaluation.test_data else None
         self._prepare_data()
         self._prepare_optimizer()
