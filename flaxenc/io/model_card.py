@@ -402,7 +402,7 @@ def _training(training: TrainingCard) -> str:
         steps_per_epoch=training.steps_per_epoch,
         loader={"batch_size": training.batch_size, "shuffle": training.shuffle, "drop_last": training.drop_last},
         # ST's loss files are named as flaxenc's loss keys: losses/cosine_similarity.py, ...
-        loss_file={cls.__name__: name for name, cls in losses.LOSSES.items()}[training.loss],
+        loss_file={cls.__name__: name for name, cls in {**losses.LOSSES, "softmax": losses.SoftmaxLoss}.items()}[training.loss],
         loss_config=dict(training.loss_config),
         fit_parameters=json.dumps(fit_parameters, indent=4, sort_keys=True),
         logs=_training_logs(training),
