@@ -20,6 +20,7 @@ import numpy as np
 from flaxenc import losses
 from flaxenc.train_step import ModelAndLossParams, split_params
 from train.config import ConfigError, LossConfig
+from train.model import resolve_path
 
 CLASSIFIER_FILE = "softmax_classifier.safetensors"
 
@@ -30,7 +31,10 @@ def make_loss(config: LossConfig, embedding_dimension: int | None = None) -> los
     if config.name not in (*losses.LOSSES, "softmax"):
         raise ValueError(f"unknown loss {config.name!r}; known losses: {', '.join([*losses.LOSSES, 'softmax'])}")
     if config.name != "softmax":
-        return losses.get_loss(config.name, **config.args)
+        args = dict(config.args)
+        if isinstance(args.get("guide"), str):  # gist, cached_gist: a folder, hub id or package:<package>/<folder>
+            args["guide"] = resolve_path(args["guide"])
+        return losses.get_loss(config.name, **args)
     args = dict(config.args)
     dimension = args.pop("embedding_dimension", embedding_dimension)
     if embedding_dimension is not None and dimension != embedding_dimension:
