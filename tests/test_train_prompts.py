@@ -187,3 +187,52 @@ def test_flaxenc_train_cached_mnrl_with_prompts_matches_st_trainer(mined, st_run
     assert len(flax_losses) == STEPS
     trained = flaxenc.SentenceEncoder.from_pretrained(summary.final_model).model
     compare(tmp_path, [(None, None, value) for _, value in steps], st_trained, flax_losses, trained, folder)
+
+
+def test_streamed_mixture_prompts_per_dataset(mined, tmp_path):
+    """{dataset_name: {column: prompt}} in a streamed mixture (policy mixed: rows of both datasets in a
+    batch): rows of the named dataset carry its prompt and prompt_length, the others none."""
+    from train.inputs import StreamInput
+    from train.loop import build_loss
+
+    folder, path = mined
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for name, part in (("nq", records[::2]), ("other", records[1::2])):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for record in part:
+                f.write(json.dumps({"anchor": record["anchor"], "positive": record["positive"]}) + "\n")
+    datasets_yaml = ", ".join(
+        f"{{path: {tmp_path / name}.jsonl, text_columns: [anchor, positive], label_column: null, dataset_name: {name}}}"
+        for name in ("nq", "other")
+    )
+    config = load_config(
+        None,
+        [
+            f"data.train=[{datasets_yaml}]",
+            "data.prompts={nq: {anchor: 'query: '}}",
+            "data.policy=mixed",
+            "data.no_duplicates=false",
+            "loss.name=multiple_negatives_ranking",
+            "batch_size=8",
+            "max_steps=4",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    encoder = flaxenc.SentenceEncoder.from_pretrained(folder)
+    prompt_ids = encoder.tokenize(["query: "])[0][1:-1]  # without [CLS] and [SEP]
+    loss = build_loss(config.loss)
+    stream = StreamInput(config, encoder, [loss], [0, 0], False, 1)
+    seen = set()
+    try:
+        batches = stream.batches(0)
+        for _ in range(4):
+            _, _, batch = next(batches)
+            anchors, positives = batch["columns"]
+            assert not positives["prompt_length"].any()  # no prompt for the positive column
+            for ids, length in zip(anchors["input_ids"], anchors["prompt_length"]):
+                seen.add(int(length))
+                starts_with_prompt = list(ids[1 : 1 + len(prompt_ids)]) == prompt_ids
+                assert starts_with_prompt == (length > 0)
+    finally:
+        stream.close()
+    assert seen == {0, len(prompt_ids) + 1}  # [CLS] + the prompt's tokens, and rows of the unnamed-prompt dataset
