@@ -185,6 +185,8 @@ def test_flaxenc_train_cached_mnrl_with_prompts_matches_st_trainer(mined, st_run
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     flax_losses = np.array([m["loss"] for m in metrics if "loss" in m])
     assert len(flax_losses) == STEPS
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "- `prompts`: {'anchor': 'search query: '" in card  # the card lists the prompts, as ST's does
     trained = flaxenc.SentenceEncoder.from_pretrained(summary.final_model).model
     compare(tmp_path, [(None, None, value) for _, value in steps], st_trained, flax_losses, trained, folder)
 

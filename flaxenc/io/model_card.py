@@ -103,6 +103,8 @@ class TrainingCard:
     training_logs: tuple[Mapping[str, Any], ...] = ()
     # The step whose model this folder holds (bold in the logs).
     saved_step: int | None = None
+    # Prompts prepended at training time (ST's `prompts` training argument), or None.
+    prompts: Any = None
 
 
 def framework_versions() -> dict[str, str]:
@@ -377,6 +379,8 @@ def _training(training: TrainingCard) -> str:
         "dropout": training.dropout,
         "dtype": training.dtype,
     }
+    if training.prompts:
+        hyperparameters["prompts"] = training.prompts
     fit_parameters = {
         "epochs": training.epochs,
         "evaluation_steps": training.evaluation_steps,
