@@ -184,3 +184,15 @@ def test_softmax_config_errors(nli_like, tmp_path, extra, message):
     folder, path = nli_like
     with pytest.raises(ConfigError, match=message):
         Run(load_config(None, overrides(folder, path, tmp_path / "run", *extra)), progress=False)
+
+
+def test_softmax_must_be_the_runs_only_loss(nli_like, tmp_path):
+    folder, path = nli_like
+    spec = f"path: {path}, text_columns: [sentence1, sentence2], label_column: label"
+    config = load_config(
+        None,
+        overrides(folder, path, tmp_path / "run")
+        + [f"data.train=[{{{spec}}}, {{{spec}, loss: {{name: cosine_similarity}}}}]", f"max_steps={STEPS}"],
+    )
+    with pytest.raises(ConfigError, match="softmax keeps its classifier in the train state"):
+        Run(config, progress=False)
