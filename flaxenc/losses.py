@@ -1005,6 +1005,11 @@ class SoftmaxLoss(Loss):
         )
         return vectors * self.embedding_dimension
 
+    @property
+    def label_range(self) -> frozenset[float]:
+        """Class indices 0 .. num_labels - 1 (torch's CrossEntropyLoss targets)."""
+        return frozenset(float(label) for label in range(self.num_labels))
+
     def init_params(self, embedding_dimension: int | None = None, key: jax.Array | None = None) -> dict:
         """nn.Linear's initialization: weight and bias uniform in +-1 / sqrt(in_features)."""
         if embedding_dimension is not None and embedding_dimension != self.embedding_dimension:
@@ -1053,8 +1058,9 @@ LOSSES: dict[str, type] = {
         DistillKLDivLoss,
     )
 }
-# SoftmaxLoss is not in LOSSES: its classifier must be created with the train state
-# (init_train_state(model, tx, seed, loss=loss)), which flaxenc-train does not do yet.
+# SoftmaxLoss is not in LOSSES: it needs the model's embedding dimension and its classifier is created
+# with the train state (init_train_state(model, tx, seed, loss=loss)); flaxenc-train builds it by name
+# `softmax` (train/loss_params.py).
 
 
 def get_loss(name: str, **kwargs) -> Loss:

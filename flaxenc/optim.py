@@ -146,20 +146,24 @@ def decay_mask(params):
 # ---------------------------------------------------------------------------------------------
 
 
-def clip_by_global_norm_like_torch(max_norm: float) -> optax.GradientTransformation:
+def clip_by_global_norm_like_torch(max_norm: float, mask=None) -> optax.GradientTransformation:
     """torch.nn.utils.clip_grad_norm_(params, max_norm): g *= min(max_norm / (norm + 1e-6), 1).
 
     optax.clip_by_global_norm scales by max_norm / norm instead (no 1e-6), so it differs
     slightly from what ST's training does whenever it clips.
+    mask: None (every gradient), or a pytree of bools like the gradients (or a function of them
+    giving one): only those marked True count toward the norm and are clipped, as torch clips only
+    the parameters it is given (transformers' Trainer clips the model's, not a loss's classifier).
     """
 
     def update(updates, state, params=None):
         del params
+        marked = jax.tree.map(lambda _: True, updates) if mask is None else (mask(updates) if callable(mask) else mask)
         # torch/nn/utils/clip_grad.py: the 2-norm of the per-tensor 2-norms.
-        leaves = jax.tree.leaves(updates)
+        leaves = [g for g, keep in zip(jax.tree.leaves(updates), jax.tree.leaves(marked)) if keep]
         total_norm = jnp.linalg.norm(jnp.stack([jnp.linalg.norm(g.ravel()) for g in leaves]))
         clip_coef = jnp.minimum(max_norm / (total_norm + 1e-6), 1.0)  # torch.clamp(clip_coef, max=1.0)
-        return jax.tree.map(lambda g: (g * clip_coef).astype(g.dtype), updates), state
+        return jax.tree.map(lambda g, keep: (g * clip_coef).astype(g.dtype) if keep else g, updates, marked), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
@@ -255,6 +259,7 @@ def adamw(
     eps: float = 1e-8,
     accumulation_steps: int = 1,
     mask=decay_mask,
+    clip_mask=None,
 ) -> optax.GradientTransformation:
     """Clip -> AdamW, the optimizer step of ST's training (clip_grad_norm_, then torch.optim.AdamW).
 
@@ -263,7 +268,8 @@ def adamw(
     "adamw_torch_fused", which agrees with the single-tensor AdamW copied here to 1-2 ulp)
     and ST fit()'s weight_decay 0.01.
     max_grad_norm None or 0 disables clipping. mask: True where decay applies (decay_mask by
-    default; None decays everything).
+    default; None decays everything). clip_mask: which gradients are clipped and count toward the
+    norm (clip_by_global_norm_like_torch; None: all).
 
     accumulation_steps > 1 wraps the chain in optax.MultiSteps: the update is applied every
     accumulation_steps calls, on the mean of their gradients (zero updates in between), and the
@@ -275,7 +281,7 @@ def adamw(
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
     optimizer = torch_adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
     if max_grad_norm:
-        optimizer = optax.chain(clip_by_global_norm_like_torch(max_grad_norm), optimizer)
+        optimizer = optax.chain(clip_by_global_norm_like_torch(max_grad_norm, clip_mask), optimizer)
     if accumulation_steps > 1:
         optimizer = optax.MultiSteps(optimizer, every_k_schedule=accumulation_steps).gradient_transformation()
     return optimizer
@@ -318,8 +324,8 @@ class OptimizerConfig:
         """The lr schedule over `total_steps` optimizer updates."""
         return learning_rate_schedule(self.scheduler, self.learning_rate, self.warmup(total_steps), total_steps)
 
-    def build(self, total_steps: int) -> optax.GradientTransformation:
-        """The optimizer for a run of `total_steps` optimizer updates."""
+    def build(self, total_steps: int, clip_mask=None) -> optax.GradientTransformation:
+        """The optimizer for a run of `total_steps` optimizer updates; clip_mask: see adamw."""
         return adamw(
             self.schedule(total_steps),
             weight_decay=self.weight_decay,
@@ -328,4 +334,5 @@ class OptimizerConfig:
             b2=self.adam_beta2,
             eps=self.adam_epsilon,
             accumulation_steps=self.accumulation_steps,
+            clip_mask=clip_mask,
         )

@@ -96,4 +96,5 @@ def training_card(
         evaluations=tuple(evaluations),
         training_logs=training_logs(records, evaluator.primary_metric if evaluator else None),
         saved_step=saved_step,
+        prompts=config.data.prompts,
     )

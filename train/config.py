@@ -61,6 +61,8 @@ class DatasetConfig:
     weight: float = 1.0
     # In a mixture: this dataset's own loss (ST's multi-dataset training); None: the run's loss.
     loss: LossConfig | None = None
+    # The dataset's name (ST's DatasetDict key), which data.prompts may map to its prompts; empty: unnamed.
+    dataset_name: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +135,10 @@ class DataConfig:
     workers: int = _field(0, allowed=NON_NEGATIVE)
     # Batches prepared ahead of the device.
     prefetch: int = _field(2, allowed=AT_LEAST_ONE, resume=False)
+    # Prompts prepended to the texts (ST's `prompts` training argument; train/prompts.py): one string
+    # for every column, {column: prompt}, {dataset_name: prompt} or {dataset_name: {column: prompt}}.
+    # Pooling leaves the prompt's tokens out where the model's Pooling has include_prompt=False.
+    prompts: str | dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -349,6 +349,7 @@ class BatchIterator:
         prefetch: int = 2,
         packing: bool = False,
         row_multiple: int = 1,
+        prompt_lengths: Sequence[int] | None = None,
     ):
         if batch_size < 1 or batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
@@ -358,6 +359,8 @@ class BatchIterator:
         self.pad_id, self.seed, self.shuffle, self.drop_last = pad_id, seed, shuffle, drop_last
         self.process_index, self.process_count, self.prefetch = process_index, process_count, prefetch
         self.packing, self.row_multiple = packing, row_multiple
+        # per column: the prompt's tokens at the start of each row (train/prompts.py); None: no prompts
+        self.prompt_lengths = None if prompt_lengths is None else tuple(prompt_lengths)
         n = len(data)
         self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
         if self.steps_per_epoch == 0:
@@ -388,6 +391,8 @@ class BatchIterator:
             gather = np.minimum(starts[:, None] + positions[None, :], max(len(flat) - 1, 0))
             input_ids = np.where(mask, flat[gather] if len(flat) else 0, self.pad_id).astype(np.int32)
             columns.append({"input_ids": input_ids, "attention_mask": mask.astype(np.int32)})
+            if self.prompt_lengths is not None:
+                columns[-1]["prompt_length"] = np.full(len(local), self.prompt_lengths[column], np.int32)
         batch = {"columns": columns}
         if self.data.labels is not None:
             batch["labels"] = self.data.labels[local]

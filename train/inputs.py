@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import datasets
 import jax
 
 from flaxenc.encoder import SentenceEncoder, sequence_buckets
@@ -32,6 +33,7 @@ from train.data import (
     tokenize_table,
 )
 from train.pipeline import BatchShape, PipelineOptions, build_pipeline, mixture_weights
+from train.prompts import check_prompts, column_prompts, prompt_lengths, with_prompts
 from train.sources import data_fingerprint, is_hub
 
 logger = logging.getLogger(__name__)
@@ -80,13 +82,16 @@ class StreamInput:
             prefetch=data.prefetch,
         )
         labels = [spec.label_column if loss.takes_labels else None for spec, loss in zip(self.specs, (losses[i] for i in loss_index))]
+        prompts = [column_prompts(config, spec) for spec in self.specs]
         self.iterator, self.files = build_pipeline(
             self.specs, labels, encoder.tokenizer, encoder.max_seq_length, global_batch=config.batch_size, shape=shape,
             options=options, seed=config.seed, process_index=jax.process_index(), process_count=processes,
+            prompts=[(p, prompt_lengths(encoder, p)) if any(p) else None for p in prompts],
         )
         self.steps_per_epoch = max(1, config.max_steps * config.optimizer.accumulation_steps)
 
     def _check(self, config: TrainConfig, losses: Sequence, devices: int) -> None:
+        check_prompts(config)
         if not config.max_steps:
             raise ConfigError("max_steps: streamed data (a mixture, a glob of shards, a .gz file) has no epoch length; set max_steps")
         if any(is_hub(spec) for spec in self.specs):
@@ -130,8 +135,14 @@ class TableInput:
         spec = config.data.train
         if loss.takes_labels and spec.label_column is None:
             raise ConfigError(f"data.train.label_column: loss {config.loss.name!r} needs labels")
+        check_prompts(config)
         table = load_table(spec if loss.takes_labels else dataclasses.replace(spec, label_column=None))
         check_label_range(table, spec, loss.label_range, config.loss.name)
+        prompts = column_prompts(config, spec)
+        if any(prompts):  # prepended before tokenizing; the token cache is keyed by the prompted texts
+            columns = {name: table[name][:] for name in table.column_names}
+            columns.update({name: with_prompts(columns[name], p) for name, p in zip(spec.text_columns, prompts)})
+            table = datasets.Dataset.from_dict(columns, features=table.features)
         cache_key = _tokenizer_key(encoder)
         # Read the token cache only: nothing is written before every check has passed (write_cache()).
         self.data = tokenize_table(table, encoder.tokenize, spec.text_columns, cache_dir, cache_key, write_cache=False)
@@ -146,6 +157,7 @@ class TableInput:
             self.data, config.batch_size, sequence_buckets(encoder.max_seq_length), encoder.tokenizer.pad_token_id or 0,
             config.seed, shuffle=config.data.shuffle, drop_last=drop_last, process_index=jax.process_index(),
             process_count=jax.process_count(), packing=config.data.packing, row_multiple=devices,
+            prompt_lengths=prompt_lengths(encoder, prompts),
         )
         self.steps_per_epoch, self.drop_last = self.batch_iterator.steps_per_epoch, self.batch_iterator.drop_last
         self._open = None

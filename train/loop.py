@@ -43,6 +43,7 @@ from train.config import (
 from train.data import load_table
 from train.inputs import StreamInput, TableInput, datasets_of, is_streamed, loss_key
 from train.logs import MetricWindow, RunLog
+from train.loss_params import check_losses, clip_mask, make_loss, save_model
 from train.model import build_encoder
 from train.output import MARKER_NAME, RunLock, atomic_save, check_output_dir, remove_partial_saves
 
@@ -91,9 +92,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def build_loss(config: LossConfig) -> losses.Loss:
+def build_loss(config: LossConfig, embedding_dimension: int | None = None) -> losses.Loss:
     try:
-        return losses.get_loss(config.name, **config.args)
+        return make_loss(config, embedding_dimension)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"loss: {error}") from None
 
@@ -155,13 +156,16 @@ class Run:
             check_output_dir(self.output_dir)  # a file, foreign files, not writable, or in use: refused now
         self.mesh = _mesh(config.devices)
         self.encoder = build_encoder(config.model, config.seed)
-        self.loss = build_loss(config.loss)
+        self.loss = build_loss(config.loss, self.encoder.embedding_dimension)
         # One loss per distinct (dataset) loss config; each dataset trains with its own or the run's.
         self.streamed = is_streamed(config)
         keys = [loss_key(config, spec) for spec in datasets_of(config)]
         distinct = list(dict.fromkeys(keys))
         specs = {loss_key(config, spec): spec.loss or config.loss for spec in datasets_of(config)}
-        self.losses = [self.loss if specs[key] == config.loss else build_loss(specs[key]) for key in distinct]
+        self.losses = [
+            self.loss if specs[key] == config.loss else build_loss(specs[key], self.encoder.embedding_dimension) for key in distinct
+        ]
+        check_losses(self.losses)
         self.loss_index = [distinct.index(key) for key in keys]
         self.evaluator = evaluator if evaluator is not None else build_evaluator(config.evaluation)
         self.test_evaluator = build_evaluator(config.evaluation, config.evaluation.test_data) if config.evaluation.test_data else None
@@ -205,8 +209,8 @@ class Run:
             raise ConfigError(f"optimizer.accumulation_steps: {self.accumulation} micro-batches exceed the run's {micro_steps}")
         self.warmup_steps = opt.warmup(self.total_steps)
         self.schedule = opt.schedule(self.total_steps)
-        tx = opt.build(self.total_steps)
-        self.graphdef, state = init_train_state(self.encoder.model, tx, config.seed)
+        tx = opt.build(self.total_steps, clip_mask=clip_mask(self.loss))
+        self.graphdef, state = init_train_state(self.encoder.model, tx, config.seed, loss=self.loss)
         # One compiled step per loss (each compiles per batch shape); they share the state.
         self.step_fns = [
             TrainStep(self.graphdef, loss, tx, self.mesh, self.schedule, self.accumulation, config.dropout, config.fsdp)
@@ -374,10 +378,12 @@ class Run:
         finally:
             lock.release()
 
-    def _save_model(self, folder: Path, card) -> None:
-        """The ST folder, written whole or not at all; its model card names the folder it ends in."""
+    def _save_model(self, folder: Path, card, state=None) -> None:
+        """The ST folder (and a loss's classifier, of `state`, default the run's), written whole or not at
+        all; its model card names the folder it ends in."""
+        state = self.state if state is None else state
         needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(self.state.params)) + (1 << 20)
-        atomic_save(self.encoder.save, folder, needed)
+        atomic_save(lambda path: save_model(self.encoder, self.loss, state, path), folder, needed)
         self.encoder.write_model_card(folder, card)
 
     def _train(self) -> Summary:
@@ -552,7 +558,7 @@ class Run:
         best_dir = self.output_dir / "best"
         if self.is_main:
             evaluations = self._evaluations(self.evaluator, evaluation_at(records, best_step), best_step)
-            self._save_model(best_dir, self._card(evaluations, records, best_step))
+            self._save_model(best_dir, self._card(evaluations, records, best_step), best_state)
         return best_dir
 
 

@@ -39,16 +39,23 @@ def text_key(text: str) -> int:
 
 
 class TokenizeChunk:
-    """A chunk of records -> {"rows": [{"ids", "label", "keys"}], "skipped": [messages]}; runs in the workers."""
+    """A chunk of records -> {"rows": [{"ids", "label", "keys"}], "skipped": [messages]}; runs in the workers.
 
-    def __init__(self, tokenizer, max_length: int, with_keys: bool):
+    prompts: (each column's prompt or None, each column's prompt length in tokens), or None: the
+    prompts are prepended before tokenizing (the keys of no_duplicates stay those of the texts, as ST's
+    sampler compares the texts before its collator adds prompts) and each row gets a "prompt_length".
+    """
+
+    def __init__(self, tokenizer, max_length: int, with_keys: bool, prompts: tuple | None = None):
         self.tokenizer, self.max_length, self.with_keys = tokenizer, max_length, with_keys
+        self.prompts, self.prompt_lengths = prompts if prompts is not None else (None, None)
 
     def __call__(self, records: Sequence[dict]) -> dict:
         columns = len(records[0]["texts"])
+        prompts = self.prompts or (None,) * columns
         ids = [
             self.tokenizer(
-                [r["texts"][c] for r in records], truncation=True, max_length=self.max_length, padding=False,
+                [(prompts[c] or "") + r["texts"][c] for r in records], truncation=True, max_length=self.max_length, padding=False,
                 return_attention_mask=False, return_token_type_ids=False,
             )["input_ids"]
             for c in range(columns)
@@ -58,19 +65,21 @@ class TokenizeChunk:
             row = {"ids": [ids[c][i] for c in range(columns)], "label": record["label"]}
             if self.with_keys:
                 row["keys"] = [text_key(text) for text in record["texts"]]
+            if self.prompt_lengths is not None:
+                row["prompt_length"] = list(self.prompt_lengths)
             rows.append(row)
         return {"rows": rows, "skipped": [message for r in records for message in r["skipped"]]}
 
 
 def row_chunks(
     spec: DatasetConfig, files: list[str], label_column: str | None, tokenizer, max_length: int, *, seed: int,
-    shuffle: bool, shuffle_window: int, skip_bad: bool, with_keys: bool, workers: int,
+    shuffle: bool, shuffle_window: int, skip_bad: bool, with_keys: bool, workers: int, prompts: tuple | None = None,
 ) -> grain.IterDataset:
     """Tokenized chunks of one dataset's records on this process (grain workers when workers > 0)."""
     records: grain.IterDataset = RecordSource(spec, files, label_column, seed, shuffle, skip_bad)
     if shuffle and shuffle_window > 1:
         records = grain.experimental.WindowShuffleIterDataset(records, window_size=shuffle_window, seed=seed)
-    chunks = records.batch(CHUNK, batch_fn=list).map(TokenizeChunk(tokenizer, max_length, with_keys))
+    chunks = records.batch(CHUNK, batch_fn=list).map(TokenizeChunk(tokenizer, max_length, with_keys, prompts))
     if workers > 0:
         from absl import flags
 
@@ -207,6 +216,9 @@ class GlobalBatches:
                 n = len(row["ids"][c])
                 ids[i, :n], mask[i, :n] = row["ids"][c], 1
             batch_columns.append({"input_ids": ids, "attention_mask": mask})
+            if any("prompt_length" in row for row in rows):  # prompts (per row: policy mixed mixes datasets)
+                lengths = [row.get("prompt_length", [0] * columns)[c] for row in rows]
+                batch_columns[-1]["prompt_length"] = np.asarray(lengths, np.int32)
         batch: dict[str, Any] = {"columns": batch_columns}
         if labels:
             batch["labels"] = np.asarray([row["label"] for row in rows], np.float32)
@@ -301,8 +313,13 @@ def mixture_weights(specs: Sequence[DatasetConfig], sampler: str, sizes: Sequenc
 def build_pipeline(
     specs: Sequence[DatasetConfig], label_columns: Sequence[str | None], tokenizer, max_length: int, *,
     global_batch: int, shape: BatchShape, options: PipelineOptions, seed: int, process_index: int, process_count: int,
+    prompts: Sequence[tuple | None] | None = None,
 ) -> tuple[grain.DatasetIterator, list[list[str]]]:
-    """The prefetching, checkpointable iterator of (dataset, local batch, skipped) and each dataset's files here."""
+    """The prefetching, checkpointable iterator of (dataset, local batch, skipped) and each dataset's files here.
+
+    prompts: per dataset, None or (each column's prompt or None, each column's prompt length).
+    """
+    prompts = list(prompts) if prompts is not None else [None] * len(specs)
     exchange = HostExchange(process_index, process_count)
     files = [shard_files(spec) for spec in specs]
     local = [process_files(f, process_index, process_count, spec.path) for f, spec in zip(files, specs)]
@@ -315,9 +332,9 @@ def build_pipeline(
         _Rows(row_chunks(
             spec, f, label, tokenizer, max_length, seed=seed + 1000 * i, shuffle=options.shuffle,
             shuffle_window=options.shuffle_window, skip_bad=options.skip_bad_records,
-            with_keys=options.no_duplicates, workers=options.workers,
+            with_keys=options.no_duplicates, workers=options.workers, prompts=dataset_prompts,
         ))
-        for i, (spec, f, label) in enumerate(zip(specs, local, label_columns))
+        for i, (spec, f, label, dataset_prompts) in enumerate(zip(specs, local, label_columns, prompts))
     ]
     batches = GlobalBatches(
         streams, weights, policy=options.policy, sampler=options.sampler, seed=seed,

@@ -103,6 +103,8 @@ class TrainingCard:
     training_logs: tuple[Mapping[str, Any], ...] = ()
     # The step whose model this folder holds (bold in the logs).
     saved_step: int | None = None
+    # Prompts prepended at training time (ST's `prompts` training argument), or None.
+    prompts: Any = None
 
 
 def framework_versions() -> dict[str, str]:
@@ -377,6 +379,8 @@ def _training(training: TrainingCard) -> str:
         "dropout": training.dropout,
         "dtype": training.dtype,
     }
+    if training.prompts:
+        hyperparameters["prompts"] = training.prompts
     fit_parameters = {
         "epochs": training.epochs,
         "evaluation_steps": training.evaluation_steps,
@@ -402,7 +406,7 @@ def _training(training: TrainingCard) -> str:
         steps_per_epoch=training.steps_per_epoch,
         loader={"batch_size": training.batch_size, "shuffle": training.shuffle, "drop_last": training.drop_last},
         # ST's loss files are named as flaxenc's loss keys: losses/cosine_similarity.py, ...
-        loss_file={cls.__name__: name for name, cls in losses.LOSSES.items()}[training.loss],
+        loss_file={cls.__name__: name for name, cls in {**losses.LOSSES, "softmax": losses.SoftmaxLoss}.items()}[training.loss],
         loss_config=dict(training.loss_config),
         fit_parameters=json.dumps(fit_parameters, indent=4, sort_keys=True),
         logs=_training_logs(training),
