@@ -41,8 +41,24 @@ def dot_score(a: jax.Array, b: jax.Array) -> jax.Array:
     return a @ b.T
 
 
-# ST's similarity names (a model's similarity_fn_name) -> score functions that semantic_search knows.
-SCORE_FUNCTIONS: dict[str, Callable] = {"cosine": cos_sim, "dot": dot_score}
+def euclidean_sim(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Negative euclidean distance of every row of a with every row of b: [N, M] (ST util.euclidean_sim)."""
+    squared = jnp.sum(a * a, -1)[:, None] - 2 * (a @ b.T) + jnp.sum(b * b, -1)[None, :]
+    return -jnp.sqrt(jnp.maximum(squared, 0))
+
+
+def manhattan_sim(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Negative manhattan distance of every row of a with every row of b: [N, M] (ST util.manhattan_sim)."""
+    return -jnp.sum(jnp.abs(a[:, None, :] - b[None, :, :]), axis=-1)
+
+
+# ST's similarity names (a model's similarity_fn_name) -> score functions.
+SCORE_FUNCTIONS: dict[str, Callable] = {
+    "cosine": cos_sim,
+    "dot": dot_score,
+    "euclidean": euclidean_sim,
+    "manhattan": manhattan_sim,
+}
 
 
 def _score_function(score_function) -> Callable:
@@ -314,6 +330,8 @@ __all__ = [
     "community_detection",
     "cos_sim",
     "dot_score",
+    "euclidean_sim",
+    "manhattan_sim",
     "paraphrase_mining",
     "paraphrase_mining_embeddings",
     "search_top_k",

@@ -34,12 +34,17 @@ from flaxenc.evaluation.information_retrieval import (
     information_retrieval_metrics,
     retrieval_metrics_from_hits,
 )
-from flaxenc.evaluation.metrics import average_precision, matthews_corrcoef, pearson, spearman
+from flaxenc.evaluation.metrics import average_precision, matthews_corrcoef, ndcg, pearson, spearman
+from flaxenc.evaluation.mse import MSEEvaluator, mse_metric
+from flaxenc.evaluation.paraphrase_mining import ParaphraseMiningEvaluator, paraphrase_mining_metrics
+from flaxenc.evaluation.reranking import RerankingEvaluator, reranking_metrics
+from flaxenc.evaluation.sequential import SequentialEvaluator
 from flaxenc.evaluation.similarity import (
     PAIRWISE_SIMILARITY,
     SIMILARITY_FN_NAMES,
     SIMILARITY_MATRIX,
 )
+from flaxenc.evaluation.translation import TranslationEvaluator, translation_metrics
 from flaxenc.evaluation.triplet import TripletEvaluator, triplet_metrics
 
 EVALUATORS: dict[str, type] = {
@@ -47,6 +52,11 @@ EVALUATORS: dict[str, type] = {
     "binary_classification": BinaryClassificationEvaluator,
     "triplet": TripletEvaluator,
     "information_retrieval": InformationRetrievalEvaluator,
+    "paraphrase_mining": ParaphraseMiningEvaluator,
+    "mse": MSEEvaluator,
+    "reranking": RerankingEvaluator,
+    "translation": TranslationEvaluator,
+    "sequential": SequentialEvaluator,
 }
 
 __all__ = [
@@ -58,6 +68,11 @@ __all__ = [
     "BinaryClassificationEvaluator",
     "EmbeddingSimilarityEvaluator",
     "InformationRetrievalEvaluator",
+    "MSEEvaluator",
+    "ParaphraseMiningEvaluator",
+    "RerankingEvaluator",
+    "SequentialEvaluator",
+    "TranslationEvaluator",
     "TripletEvaluator",
     "average_precision",
     "binary_classification_metrics",
@@ -66,9 +81,14 @@ __all__ = [
     "find_best_f1_and_threshold",
     "information_retrieval_metrics",
     "matthews_corrcoef",
+    "mse_metric",
+    "ndcg",
+    "paraphrase_mining_metrics",
     "pearson",
     "prefix_name_to_metrics",
+    "reranking_metrics",
     "retrieval_metrics_from_hits",
     "spearman",
+    "translation_metrics",
     "triplet_metrics",
 ]

@@ -59,3 +59,24 @@ def matthews_corrcoef(labels, predicted) -> float:
     covariance = correct * n - np.dot(true_sums, predicted_sums)
     variance_product = (n**2 - np.dot(predicted_sums, predicted_sums)) * (n**2 - np.dot(true_sums, true_sums))
     return 0.0 if variance_product == 0 else float(covariance / np.sqrt(variance_product))
+
+
+def ndcg(relevance, scores, k: int | None = None) -> float:
+    """sklearn.metrics.ndcg_score([relevance], [scores], k=k): nDCG of one ranking, tied scores averaged."""
+    # sklearn metrics/_ranking.py _dcg_sample_scores, _tie_averaged_dcg and _ndcg_sample_scores (ignore_ties=False)
+    relevance, scores = np.asarray(relevance), np.asarray(scores)
+    discount = 1 / (np.log(np.arange(relevance.shape[0]) + 2) / np.log(2))
+    if k is not None:
+        discount[k:] = 0
+    _, inverse, counts = np.unique(-scores, return_inverse=True, return_counts=True)
+    ranked = np.zeros(len(counts))
+    np.add.at(ranked, inverse, relevance)
+    ranked /= counts
+    discount_cumsum = np.cumsum(discount)
+    groups = np.cumsum(counts) - 1
+    discount_sums = np.empty(len(counts))
+    discount_sums[0] = discount_cumsum[groups[0]]
+    discount_sums[1:] = np.diff(discount_cumsum[groups])
+    gain = (ranked * discount_sums).sum()
+    ideal = discount.dot(relevance[np.argsort(relevance)[::-1]])  # the ranking by relevance itself
+    return 0.0 if ideal == 0 else float(gain / ideal)
