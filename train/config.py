@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from flaxenc.evaluation import EVALUATORS
+
 
 @dataclasses.dataclass(frozen=True)
 class Range:
@@ -186,9 +188,13 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    # A name from flaxenc.evaluation.EVALUATORS, or empty for none.
-    evaluator: str = _field("", allowed=("", "embedding_similarity", "binary_classification", "triplet"))
+    # A name from flaxenc.evaluation.EVALUATORS, or empty for none; train/evaluators.py says which
+    # text columns (and labels) each takes from the data table.
+    evaluator: str = _field("", allowed=("", *EVALUATORS))
     data: DatasetConfig = DatasetConfig(split="validation")
+    # The evaluator's further arguments, by ST's names (at_k, top_k, max_pairs, similarity_fn_names, ...;
+    # mse: teacher_model, an ST folder; sequential: evaluators, a list of evaluation sections).
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Evaluate every N optimizer steps (0: only at the end of each epoch).
     every_steps: int = _field(0, allowed=NON_NEGATIVE)
     batch_size: int = _field(64, allowed=AT_LEAST_ONE)
