@@ -163,3 +163,15 @@ def test_semantic_search_on_four_devices_equals_st(tmp_path):
     for name, result in results.items():
         assert result["same_ids"], name
         assert result["max_diff"] <= TOLERANCE, (name, result)
+
+
+def test_bench_search_section(tmp_path):
+    """`python -m bench --only search` on a small corpus: figures present and sane (timings never asserted)."""
+    from bench.cli import main
+
+    path = tmp_path / "bench.json"
+    assert main(["--only", "search", "--search-queries", "20", "--search-corpus", "500", "--repeats", "1", "--json", str(path)]) == 0
+    (cell,) = json.loads(path.read_text())["search"]
+    assert (cell["queries"], cell["corpus"], cell["dim"]) == (20, 500, 384)
+    assert cell["same_hits"] == 1.0 and cell["ratio"] > 0
+    assert all(cell[side]["per_s"] > 0 and cell[side]["first_call_s"] > 0 for side in ("flaxenc", "st"))
