@@ -1,6 +1,6 @@
 """`python -m bench`: flaxenc against PyTorch sentence-transformers, in one process, on the same device.
 
-    python -m bench [--quick | --full] [--only encode|train] [--json PATH] [overrides ...]
+    python -m bench [--quick | --full] [--only host|encode|train|search] [--json PATH] [overrides ...]
 
 Prints the report and writes every figure to JSON (default bench/results/<host>-<date>.json).
 """
@@ -31,6 +31,7 @@ from bench.encoding import measure_encode  # noqa: E402
 from bench.host import measure_first_call, measure_host_encode  # noqa: E402
 from bench.models import MODEL_NAMES, RECIPE2_SIZES, ModelFolders  # noqa: E402
 from bench.report import report  # noqa: E402
+from bench.search import measure_search  # noqa: E402
 from bench.settings import Settings  # noqa: E402
 from bench.training import CONTRASTIVE, COSINE, measure_train, random_batches, stsb_batches  # noqa: E402
 
@@ -167,6 +168,12 @@ def run(settings: Settings, command: list[str]) -> dict:
         if "train" in settings.sections:
             results["train"] = run_train(settings, folders)
             results["mfu"] = run_mfu(settings, folders)
+    if "search" in settings.sections:
+        label = f"semantic_search {settings.search_queries} queries over {settings.search_corpus} x {settings.search_dim}"
+        results["search"] = [
+            _guarded(label, measure_search, settings.search_queries, settings.search_corpus, settings.search_dim,
+                     settings.search_top_k, settings.repeats)
+        ]  # fmt: skip
     results["others_cpu_share"] = environment.others_cpu_share(start, environment.cpu_snapshot())
     return results
 
@@ -195,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a minute or two: MiniLM, a few hundred sentences")
     preset.add_argument("--full", action="store_true", help="the whole matrix (for a GPU)")
-    parser.add_argument("--only", choices=("host", "encode", "train"), help="run one section")
+    parser.add_argument("--only", choices=("host", "encode", "train", "search"), help="run one section")
     parser.add_argument("--json", type=Path, help="where to write the figures (default bench/results/<host>-<date>.json)")
     parser.add_argument("--models", type=_names, help=f"comma-separated, of {', '.join(MODEL_NAMES)}")
     parser.add_argument("--sentences", action="append", default=[], metavar="[MODEL=]N",
@@ -217,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser.add_argument("--recipe2-mrpc-batch-size", type=int, help="recipe 2's pairs per step on MRPC")
     parser.add_argument("--mfu", metavar="MODEL", help="measure MFU with MODEL even without a GPU (default: bert-base on GPU)")
     parser.add_argument("--mfu-batch-size", type=int, help="pairs per step of the MFU measurement")
+    parser.add_argument("--search-queries", type=int, help="queries of the search section (default 1000)")
+    parser.add_argument("--search-corpus", type=int, help="corpus embeddings of the search section (default 100000)")
     args = parser.parse_args(argv)
 
     settings = presets.quick() if args.quick else presets.full() if args.full else Settings()
@@ -234,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         "recipe2_mrpc_batch_size": args.recipe2_mrpc_batch_size,
         "mfu_model": args.mfu,
         "mfu_batch_size": args.mfu_batch_size,
+        "search_queries": args.search_queries,
+        "search_corpus": args.search_corpus,
     }
     for name, value in overrides.items():
         if value is not None:
@@ -263,5 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"\nfigures written to {json_path}")
     host = results.get("host_side", {})
-    failed = [c["label"] for c in results.get("encode", []) + results.get("train", []) + host.get("cells", []) if "error" in c]
+    cells = results.get("encode", []) + results.get("train", []) + host.get("cells", []) + results.get("search", [])
+    failed = [c["label"] for c in cells if "error" in c]
     return 1 if failed or "error" in results.get("mfu", {}) or "error" in host.get("first_call", {}) else 0

@@ -124,4 +124,9 @@ def report(results: dict) -> str:
     if "train" in results:
         lines += ["", "Training, pairs/s (steady state over the timed steps)", train_table(results["train"]),
                   "", mfu_lines(results["mfu"])]
+    if "search" in results:
+        from bench.search import search_lines
+
+        lines += ["", "Semantic search on random float32 embeddings (cosine), each library's default chunks",
+                  search_lines(results["search"])]
     return "\n".join(lines)

@@ -9,7 +9,8 @@ from bench.models import MINILM, MPNET
 
 @dataclasses.dataclass
 class Settings:
-    # "host" (encode's host side alone, first call with a warm compile cache), "encode", "train".
+    # "host" (encode's host side alone, first call with a warm compile cache), "encode", "train";
+    # "search" (semantic_search on random embeddings) runs only when named (--only search).
     sections: tuple[str, ...] = ("host", "encode", "train")
     # Models to encode with and train on STS-B: minilm, all-mpnet-base-v2, bert-base, tiny.
     models: tuple[str, ...] = (MINILM, "bert-base")
@@ -46,6 +47,11 @@ class Settings:
     # Model of the MFU measurement (bf16 training at 128 tokens); None: bert-base on a GPU, none on a CPU.
     mfu_model: str | None = None
     mfu_batch_size: int = 128
+    # The search section: queries over a corpus of random embeddings (dim), top k (bench/search.py).
+    search_queries: int = 1000
+    search_corpus: int = 100_000
+    search_dim: int = 384
+    search_top_k: int = 10
 
     def sentences_for(self, model: str) -> int | None:
         return self.encode_sentences.get(model, self.encode_sentences.get(MINILM))

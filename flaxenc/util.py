@@ -1,5 +1,8 @@
 """Retrieval utilities: top-k search on device, and hard-negative mining as ST's util.mine_hard_negatives.
 
+`semantic_search`, `paraphrase_mining(_embeddings)` and `community_detection` (ST's util functions, the
+corpus split over the devices) live in flaxenc/search.py and are re-exported here.
+
 The corpus and the queries are embedded by flaxenc (`SentenceEncoder.encode`, normalized); the
 top-k search runs on device, jitted, with the queries split over every local device and the
 corpus scanned in chunks (a running top-k merged chunk by chunk), so memory stays bounded by
@@ -21,6 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxenc import sharding
+from flaxenc.search import (
+    community_detection,
+    cos_sim,
+    dot_score,
+    paraphrase_mining,
+    paraphrase_mining_embeddings,
+    semantic_search,
+)
 
 OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
 
@@ -327,4 +338,13 @@ def _output(
     return data
 
 
-__all__ = ["mine_hard_negatives", "top_k_search"]
+__all__ = [
+    "community_detection",
+    "cos_sim",
+    "dot_score",
+    "mine_hard_negatives",
+    "paraphrase_mining",
+    "paraphrase_mining_embeddings",
+    "semantic_search",
+    "top_k_search",
+]

@@ -297,6 +297,7 @@ def test_retrieval_ties_rank_by_corpus_id_as_st():
 
 def test_registry_and_prefixes():
     names = {"embedding_similarity", "binary_classification", "triplet", "information_retrieval"}
+    names |= {"paraphrase_mining", "mse", "reranking", "translation", "sequential"}  # tests/test_evaluators.py
     assert set(evaluation.EVALUATORS) == names
     assert all(cls.greater_is_better for cls in evaluation.EVALUATORS.values())
     assert evaluation.prefix_name_to_metrics({"a": np.float32(0.5)}, "dev") == {"dev_a": 0.5}

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from flaxenc.evaluation import EVALUATORS
 from flaxenc.fields import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
 from flaxenc.fields import field as _field  # ranges are the library's; so is OptimizerConfig
 from flaxenc.optim import OptimizerConfig
@@ -143,9 +144,13 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    # A name from flaxenc.evaluation.EVALUATORS, or empty for none.
-    evaluator: str = _field("", allowed=("", "embedding_similarity", "binary_classification", "triplet"))
+    # A name from flaxenc.evaluation.EVALUATORS, or empty for none; train/evaluators.py says which
+    # text columns (and labels) each takes from the data table.
+    evaluator: str = _field("", allowed=("", *EVALUATORS))
     data: DatasetConfig = DatasetConfig(split="validation")
+    # The evaluator's further arguments, by ST's names (at_k, top_k, max_pairs, similarity_fn_names, ...;
+    # mse: teacher_model, an ST folder; sequential: evaluators, a list of evaluation sections).
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Evaluate every N optimizer steps (0: only at the end of each epoch).
     every_steps: int = _field(0, allowed=NON_NEGATIVE)
     batch_size: int = _field(64, allowed=AT_LEAST_ONE)

@@ -26,21 +26,19 @@ import yaml
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from flaxenc import evaluation, losses, sharding
+from flaxenc import losses, sharding
 from flaxenc.train_step import TrainStep, init_train_state, params_to_model
 from train.card import evaluation_at, evaluation_result, training_card
 from train.checkpoint import CheckpointError, Checkpoints, write_json
 from train.config import (
     ConfigError,
-    DatasetConfig,
-    EvaluationConfig,
     LossConfig,
     TrainConfig,
     resume_keys,
     to_dict,
     validate,
 )
-from train.data import load_table
+from train.evaluators import build_evaluator
 from train.inputs import StreamInput, TableInput, datasets_of, is_streamed, loss_key
 from train.logs import MetricWindow, RunLog
 from train.loss_params import check_losses, clip_mask, make_loss, save_model
@@ -97,35 +95,6 @@ def build_loss(config: LossConfig, embedding_dimension: int | None = None) -> lo
         return make_loss(config, embedding_dimension)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"loss: {error}") from None
-
-
-def build_evaluator(config: EvaluationConfig, data: DatasetConfig | None = None):
-    """The evaluator named in the config, over `data` (default: its data table); None when none is named."""
-    if not config.evaluator:
-        return None
-    data = data or config.data
-    kinds = {"embedding_similarity": 2, "binary_classification": 2, "triplet": 3}
-    if config.evaluator not in kinds:
-        known = ", ".join(kinds)
-        raise ConfigError(f"evaluation.evaluator: unknown evaluator {config.evaluator!r} (from a config: {known})")
-    columns = kinds[config.evaluator]
-    if len(data.text_columns) != columns:
-        raise ConfigError(f"evaluation: {config.evaluator} takes {columns} text columns, got {list(data.text_columns)}")
-    table = load_table(data)
-    texts = [table[column][:] for column in data.text_columns]
-    name = Path(data.path).stem.replace("/", "_")
-    common = dict(batch_size=config.batch_size, name=name)
-    if config.evaluator == "triplet":
-        return evaluation.TripletEvaluator(*texts, **common)
-    labels = table["label"][:] if "label" in table.column_names else None
-    if labels is None:
-        raise ConfigError(f"evaluation: {config.evaluator} needs labels; set label_column")
-    if config.evaluator == "binary_classification":
-        bad = sorted({label for label in labels if label not in (0, 1)})
-        if bad:
-            raise ConfigError(f"{data.path}: binary_classification needs 0/1 labels in {data.label_column!r}, found {bad[:5]}")
-        return evaluation.BinaryClassificationEvaluator(*texts, [int(label) for label in labels], **common)
-    return evaluation.EmbeddingSimilarityEvaluator(*texts, labels, **common)
 
 
 def _mesh(devices: int):

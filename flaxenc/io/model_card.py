@@ -32,6 +32,12 @@ EVALUATOR_DESCRIPTIONS = {
     "EmbeddingSimilarityEvaluator": "Semantic Similarity",
     "BinaryClassificationEvaluator": "Binary Classification",
     "TripletEvaluator": "Triplet",
+    "InformationRetrievalEvaluator": "Information Retrieval",
+    "ParaphraseMiningEvaluator": "Paraphrase Mining",
+    "MSEEvaluator": "Knowledge Distillation",
+    "RerankingEvaluator": "Reranking",
+    "TranslationEvaluator": "Translation",
+    "SequentialEvaluator": "Sequential",
 }
 TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction", "dense", "flaxenc")
 _ST_DOCS = "https://sbert.net/docs/package_reference/sentence_transformer"
