@@ -174,6 +174,14 @@ class SentenceEncoder:
     def max_seq_length(self) -> int:
         return self._folder.max_seq_length
 
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        """Tokens kept per text (as ST's `model.max_seq_length = n`), at most the model's positions."""
+        longest = self.model.transformer.config.max_sequence_length
+        if not isinstance(value, (int, np.integer)) or not 1 <= value <= longest:
+            raise ValueError(f"max_seq_length must be an integer from 1 to {longest} (the model's positions), got {value!r}")
+        self._folder.max_seq_length = int(value)
+
     @property
     def embedding_dimension(self) -> int:
         return self.model.embedding_dimension
