@@ -117,7 +117,7 @@ def test_resume_after_sigkill(tmp_path, two_process_run, model, corpus):
     """Killed once its first shard is written, the rerun keeps that shard and writes the rest,
     equal to the uninterrupted run's (both one shard at a time on 4 devices)."""
     output = tmp_path / "out"
-    (worker,) = start_workers(output, model, corpus[0], 1, 5.0)
+    (worker,) = start_workers(output, model, corpus[0], 1, 3.0)
     first = output / "embeddings-00000.npy"
     deadline = time.monotonic() + 300
     while not first.exists() and worker.poll() is None and time.monotonic() < deadline:
@@ -131,7 +131,7 @@ def test_resume_after_sigkill(tmp_path, two_process_run, model, corpus):
     (log,) = finish(start_workers(output, model, corpus[0], 1))
     assert f"{CORPUS_SIZE // SHARD_SIZE - 1} shard(s) written ({CORPUS_SIZE - SHARD_SIZE} sentences), 1 already complete" in log
     assert (first.stat().st_mtime_ns, first.stat().st_ino) == stamp  # not rewritten
-    assert not list(output.glob(".*.tmp-*")) or all(p.name.startswith(".embeddings-0000") for p in output.glob(".*.tmp-*"))
+    assert not list(output.glob(".*.tmp-*"))  # a temporary file the kill left is removed
     for resumed, uninterrupted in zip(read_shards(output), read_shards(two_process_run), strict=True):
         np.testing.assert_array_equal(resumed, uninterrupted)
 

@@ -22,6 +22,7 @@ import glob
 import gzip
 import json
 import os
+import socket
 import sys
 import traceback
 import zlib
@@ -110,11 +111,16 @@ def shard_paths(output: Path, index: int, parquet: bool) -> list[Path]:
     return [*([output / f"{name}.parquet"] if parquet else []), output / f"{name}.npy"]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(file) into a temporary file beside `path`, then rename it: `path` is complete or absent."""
-    for stale in glob.glob(str(path.parent / f".{path.name}.tmp-*")):  # left by a killed run
-        os.remove(stale)
-    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
+def _atomic_write(path: Path, write, owned: bool = False) -> None:
+    """write(file) into a temporary file beside `path`, then rename it: `path` is complete or absent.
+
+    owned: only this process writes `path` (a shard), so temporary files of it are a killed run's
+    and are removed (manifest.json and ranges.npy are written by every process, identically).
+    """
+    if owned:
+        for stale in glob.glob(str(path.parent / f".{path.name}.tmp-*")):
+            os.remove(stale)
+    temporary = path.parent / f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}"
     with open(temporary, "wb") as f:
         write(f)
         f.flush()
@@ -130,9 +136,9 @@ def write_shard(paths: list[Path], texts: list[str], embeddings: np.ndarray) -> 
 
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), embeddings.shape[1])
             table = pa.table({"text": pa.array(texts, pa.string()), "embedding": vectors})
-            _atomic_write(path, lambda f, table=table: pq.write_table(table, f))
+            _atomic_write(path, lambda f, table=table: pq.write_table(table, f), owned=True)
         else:
-            _atomic_write(path, lambda f: np.save(f, embeddings))
+            _atomic_write(path, lambda f: np.save(f, embeddings), owned=True)
 
 
 def _write_json(path: Path, value: dict) -> None:
