@@ -237,3 +237,12 @@ def test_bad_inputs_name_file_and_row(tmp_path, model, capsys):
     unknown = tmp_path / "corpus.xml"
     unknown.write_text("<a/>")
     assert f"{unknown}: cannot tell the format" in _error(capsys, model, unknown)
+
+
+def test_corpus_bench_runs(model):
+    """bench/corpus.py's measurement on the tiny model: figures present, the same embeddings as ST."""
+    from bench.corpus import measure_corpus_encode
+
+    result = measure_corpus_encode(model, TEXTS, batch_size=8, shard_size=16, repeats=1)
+    assert result["flaxenc"]["per_s"] > 0 and result["st"]["per_s"] > 0 and result["ratio"] > 0
+    assert result["max_abs_diff"] <= 1e-5
