@@ -190,6 +190,7 @@ def encode_corpus(
     if shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     inputs = [str(Path(p).resolve()) for p in inputs]
+    model = str(Path(model).resolve()) if Path(model).exists() else str(model)  # a folder, or a hub id
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     encoder = SentenceEncoder.from_pretrained(model, dtype=dtype)
@@ -202,7 +203,7 @@ def encode_corpus(
         truncate_dim=truncate_dim,
     )
     settings = {
-        "model": str(model), "inputs": inputs, "column": column, "shard_size": shard_size, "precision": precision,
+        "model": model, "inputs": inputs, "column": column, "shard_size": shard_size, "precision": precision,
         "max_seq_length": encoder.max_seq_length, "prompt_name": prompt_name, "prompt": prompt,
         "normalize_embeddings": normalize_embeddings, "truncate_dim": truncate_dim, "dtype": str(dtype),
         "parquet": parquet,
