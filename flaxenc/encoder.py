@@ -17,8 +17,10 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from flaxenc import compile_cache, sharding
+from flaxenc import similarity as similarity_functions
 from flaxenc.io import STFolder, TrainingCard, load_st_folder, resolve_folder, save_st_folder, write_model_card
 from flaxenc.packing import next_fit, pack_length, packed_rows, token_index, write_rows
+from flaxenc.quantization import check_precision, quantize_embeddings
 from flaxenc.sentence_model import SentenceModel
 
 SMALLEST_BUCKET = 16
@@ -98,6 +100,17 @@ def _embed(graphdef, state_tree, state_leaves, batch, prompt_length):
     return model.embed_packed(packed, token_index, mask, prompt_length=prompt_length)
 
 
+def _token_embeddings(graphdef, state_tree, state_leaves, batch):
+    # The transformer's output gathered back into the padded layout [B, T, H], as embed_packed
+    # pools it: ST's "token_embeddings" (the prompt's tokens included) for the same packed batches
+    # as sentence embeddings, so the host path is shared. Packed rows equal padded ones exactly
+    # (README "Decisions"), so a separate padded path would only add programs to compile.
+    model = nnx.merge(graphdef, jax.tree.unflatten(state_tree, state_leaves))
+    packed = batch["packed"]
+    rows = model.transformer(packed["input_ids"], None, None, None, segment_ids=packed["segment_ids"], positions=packed["positions"])
+    return rows.reshape(-1, rows.shape[-1])[batch["token_index"]].astype(jnp.float32)  # [B, T, H]
+
+
 class SentenceEncoder:
     """A sentence-transformers model in Flax: `SentenceEncoder.from_pretrained(path).encode(texts)`."""
 
@@ -116,17 +129,23 @@ class SentenceEncoder:
         dtype: str | jnp.dtype = jnp.float32,
         cache_folder: str | None = None,
         devices: Sequence[jax.Device] | None = None,
+        truncate_dim: int | None = None,
     ) -> SentenceEncoder:
         """Loads an ST folder, a transformers folder, or a hub id (downloaded when online).
 
         `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32.
         encode() splits each batch over `devices` (default: all local devices).
+        `truncate_dim` (as ST's SentenceTransformer(truncate_dim=...)) keeps the first dimensions of
+        every sentence embedding encode() returns; None: the folder's saved truncate_dim, if any.
         """
         dtype = jnp.dtype(dtype)
         if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
             raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
         folder = resolve_folder(name_or_path, cache_folder)
-        return cls(load_st_folder(folder, dtype=dtype), dtype=dtype, devices=devices)
+        encoder = cls(load_st_folder(folder, dtype=dtype), dtype=dtype, devices=devices)
+        if truncate_dim is not None:
+            encoder.truncate_dim = truncate_dim
+        return encoder
 
     # -- the module stack ------------------------------------------------------------------
 
@@ -145,6 +164,7 @@ class SentenceEncoder:
         if getattr(self, "_structure", None) != (graphdef, state_tree):  # new parameters alone reuse the programs
             self._structure = (graphdef, state_tree)
             self._embed = jax.jit(functools.partial(_embed, graphdef, state_tree))
+            self._embed_tokens = jax.jit(functools.partial(_token_embeddings, graphdef, state_tree))
 
     @property
     def tokenizer(self):
@@ -153,6 +173,14 @@ class SentenceEncoder:
     @property
     def max_seq_length(self) -> int:
         return self._folder.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        """Tokens kept per text (as ST's `model.max_seq_length = n`), at most the model's positions."""
+        longest = self.model.transformer.config.max_sequence_length
+        if not isinstance(value, (int, np.integer)) or not 1 <= value <= longest:
+            raise ValueError(f"max_seq_length must be an integer from 1 to {longest} (the model's positions), got {value!r}")
+        self._folder.max_seq_length = int(value)
 
     @property
     def embedding_dimension(self) -> int:
@@ -163,9 +191,41 @@ class SentenceEncoder:
         return dict(self._folder.st_config.get("prompts") or {})
 
     @property
+    def default_prompt_name(self) -> str | None:
+        """The prompt encode() uses when given neither prompt nor prompt_name (config_sentence_transformers.json)."""
+        return self._folder.st_config.get("default_prompt_name")
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """encode()'s default truncate_dim; saved in config_sentence_transformers.json as ST saves it."""
+        return self._folder.st_config.get("truncate_dim")
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"truncate_dim must be a positive integer or None, got {value!r}")
+        if value is None:
+            self._folder.st_config.pop("truncate_dim", None)
+        else:
+            self._folder.st_config["truncate_dim"] = int(value)
+
+    @property
     def similarity_fn_name(self) -> str:
         """The similarity the model was trained for (config_sentence_transformers.json), cosine by default."""
         return self._folder.st_config.get("similarity_fn_name") or "cosine"
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, name: str) -> None:
+        self._folder.st_config["similarity_fn_name"] = similarity_functions.similarity_name(name)
+
+    def similarity(self, embeddings1, embeddings2) -> jax.Array:
+        """[N, M] scores of every embeddings1[i] against every embeddings2[j] with the model's
+        similarity_fn_name (ST's SentenceTransformer.similarity); a 1-D input is one row."""
+        return similarity_functions.similarity(embeddings1, embeddings2, self.similarity_fn_name)
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> jax.Array:
+        """[N] scores of embeddings1[i] against embeddings2[i] (ST's similarity_pairwise)."""
+        return similarity_functions.similarity_pairwise(embeddings1, embeddings2, self.similarity_fn_name)
 
     @property
     def compiled_shapes(self) -> frozenset[tuple[int, int, int]]:
@@ -234,12 +294,27 @@ class SentenceEncoder:
         show_progress_bar: bool = False,
         prompt_name: str | None = None,
         prompt: str | None = None,
-    ) -> np.ndarray | jax.Array:
+        output_value: str = "sentence_embedding",
+        precision: str = "float32",
+        convert_to_tensor: bool = False,
+        truncate_dim: int | None = None,
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
+    ) -> np.ndarray | jax.Array | list[np.ndarray]:
         """Embeds sentences: [N, D] for a list, [D] for a single string (fp32).
 
         Sentences are sorted by length, batched longest first and each batch packed into rows of a
         few lengths and counts, so XLA compiles a bounded number of programs. The input order is
         restored.
+
+        As ST's encode: `truncate_dim` (default: the model's) keeps the first dimensions, then
+        `normalize_embeddings` scales each to length 1, then `precision` ("int8", "uint8",
+        "binary", "ubinary"; flaxenc.quantization) quantizes the whole set at once (int8/uint8
+        buckets from `ranges` or `calibration_embeddings` when given, else from these embeddings).
+        `convert_to_tensor` (or convert_to_numpy=False) returns a jax.Array.
+        output_value="token_embeddings" returns a list of [T_i, H] float32 arrays, the
+        transformer's outputs for each sentence's tokens without padding (normalize and truncate do
+        not apply to them, as in ST).
         """
         single = isinstance(sentences, str)
         if single:
@@ -253,45 +328,96 @@ class SentenceEncoder:
                 raise TypeError(f"sentences[{index}] is a {type(text).__name__}, not a string: {text!r:.80}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if prompt is None and prompt_name is not None:
-            if prompt_name not in self.prompts:
-                raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
-            prompt = self.prompts[prompt_name]
+        if output_value not in ("sentence_embedding", "token_embeddings"):
+            raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', got {output_value!r}")
+        check_precision(precision)
+        truncate_dim = self.truncate_dim if truncate_dim is None else truncate_dim
+        if prompt is None:  # ST's _resolve_prompt: prompt over prompt_name over default_prompt_name
+            if prompt_name is not None:
+                if prompt_name not in self.prompts:
+                    raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {sorted(self.prompts)}")
+                prompt = self.prompts[prompt_name]
+            elif self.default_prompt_name is not None:
+                prompt = self.prompts.get(self.default_prompt_name)
+        tokens = output_value == "token_embeddings"
         if not texts:
-            empty = np.zeros((0, self.embedding_dimension), np.float32)
-            return empty if convert_to_numpy else jnp.asarray(empty)
+            if tokens:
+                return []
+            empty = np.zeros((0, self.embedding_dimension), np.float32)[:, :truncate_dim]
+            empty = quantize_embeddings(empty, precision)
+            return empty if convert_to_numpy and not convert_to_tensor else jnp.asarray(empty)
 
         prompt_length = 0
         if prompt:
             texts = [prompt + text for text in texts]  # ST prepends the prompt to the text
             prompt_length = self._prompt_length(prompt)
+        outputs, sentence_orders, masks = [], [], []
+        for sentences, arrays in self._prepared_batches(texts, batch_size, show_progress_bar):
+            if tokens:
+                outputs.append(self._embed_tokens(self._state, arrays))
+                masks.append(arrays["attention_mask"])
+            else:
+                outputs.append(self._embed(self._state, arrays, np.int32(prompt_length)))
+            sentence_orders.append(sentences)
+
+        if tokens:
+            token_embeddings = [None] * len(texts)
+            for sentences, batch_tokens, mask in zip(sentence_orders, jax.device_get(outputs), jax.device_get(masks)):
+                for row, sentence in enumerate(sentences):
+                    token_embeddings[sentence] = batch_tokens[row, : int(mask[row].sum())]
+            if precision != "float32":
+                token_embeddings = quantize_embeddings(token_embeddings, precision, ranges, calibration_embeddings)
+            return token_embeddings[0] if single else token_embeddings
+
+        embeddings = np.empty((len(texts), self.embedding_dimension), np.float32)
+        for sentences, batch_embeddings in zip(sentence_orders, jax.device_get(outputs)):
+            embeddings[sentences] = batch_embeddings[: len(sentences)]
+        if truncate_dim is not None:
+            embeddings = np.ascontiguousarray(embeddings[:, :truncate_dim])  # ST's truncate_embeddings
+        if normalize_embeddings:  # torch.nn.functional.normalize, as ST's encode
+            embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+        if precision != "float32":
+            embeddings = quantize_embeddings(embeddings, precision, ranges, calibration_embeddings)
+        if single:
+            embeddings = embeddings[0]
+        return embeddings if convert_to_numpy and not convert_to_tensor else jnp.asarray(embeddings)
+
+    def _prepared_batches(self, texts: list[str], batch_size: int, show_progress_bar: bool) -> Iterator[tuple[np.ndarray, dict]]:
+        """(a batch's sentence indices in packed order, its arrays on the devices), batch after batch.
+
+        Batches of batch_size sentences, longest first by characters, as ST's encode(). Each is
+        tokenized (the Rust tokenizer releases the GIL) and packed on background threads while the
+        caller dispatches the batches before it; nothing waits on the device until the end.
+        """
         n_devices = self._mesh.size
         batch_size = -(-batch_size // n_devices) * n_devices
-        # Batches of batch_size sentences, longest first by characters, as ST's encode(). Each is
-        # tokenized (the Rust tokenizer releases the GIL) and packed on background threads while
-        # this one dispatches the batches before it; nothing waits on the device until the end.
         order = np.argsort([-len(text) for text in texts], kind="stable")
         batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
         per_task = -(-SENTENCES_PER_TASK // batch_size)  # batches a worker tokenizes in one call
         tasks = [batches[start : start + per_task] for start in range(0, len(batches), per_task)]
         workers = min(_usable_cores(), MAX_HOST_WORKERS)
         prepared = _ahead(functools.partial(self._prepare_batches, texts, batch_size), tasks, 2 * workers, workers)
-        outputs, sentence_orders = [], []
         with tqdm(total=len(batches), desc="Batches", disable=not show_progress_bar) as bar:
             for sentences, shape, arrays in itertools.chain.from_iterable(prepared):
                 self._compiled_shapes.add(shape)
-                outputs.append(self._embed(self._state, arrays, np.int32(prompt_length)))
-                sentence_orders.append(sentences)
+                yield sentences, arrays
                 bar.update()
 
-        embeddings = np.empty((len(texts), self.embedding_dimension), np.float32)
-        for sentences, batch_embeddings in zip(sentence_orders, jax.device_get(outputs)):
-            embeddings[sentences] = batch_embeddings[: len(sentences)]
-        if normalize_embeddings:
-            embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
-        if single:
-            embeddings = embeddings[0]
-        return embeddings if convert_to_numpy else jnp.asarray(embeddings)
+    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """encode() with the model's "query" prompt when given neither prompt nor prompt_name (ST 5+'s
+        encode_query: ST models always have a "query" prompt, "" unless saved, so the model's
+        default_prompt_name does not apply)."""
+        if prompt_name is None and prompt is None:
+            prompt = self.prompts.get("query", "")
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """encode() with the model's "document" prompt when given neither prompt nor prompt_name (ST 5+'s
+        encode_document: its candidates are document, passage, corpus, and "document" is always
+        there, "" unless saved)."""
+        if prompt_name is None and prompt is None:
+            prompt = self.prompts.get("document", "")
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def __repr__(self) -> str:
         config = self.model.transformer.config
