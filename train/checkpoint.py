@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001 (orbax, tensorstore, the filesystem): one line naming the checkpoint
             # Its unfinished writes are logged again when their tasks are collected: this error reports them.
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            # and tensorstore's writes that never started are reported at exit ("coroutine ... was never awaited").
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
             needed = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
             full = disk_full(error, path, needed)
             if full is not None:
