@@ -1,6 +1,6 @@
 import sys
 
-from train.huge_pages import relaunch_with_huge_pages
+from flaxenc_train.huge_pages import relaunch_with_huge_pages
 
 # Before jax and torch load: host memory in huge pages, for both sides alike (train/huge_pages.py).
 relaunch_with_huge_pages()

@@ -25,7 +25,7 @@ from bench.data import stsb_sentences  # noqa: E402
 from bench.encoding import load_st  # noqa: E402
 from bench.models import MINILM, ModelFolders  # noqa: E402
 from bench.timing import matmul_precision, timed  # noqa: E402
-from train.encode import encode_corpus  # noqa: E402
+from flaxenc_train.encode import encode_corpus  # noqa: E402
 
 
 def measure_corpus_encode(folder: Path, sentences: list[str], batch_size: int, shard_size: int, repeats: int) -> dict:

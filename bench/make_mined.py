@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     import flaxenc
     from bench.data import read_stsb
     from flaxenc.util import mine_hard_negatives
-    from train.model import resolve_path
+    from flaxenc_train.model import resolve_path
 
     rows = [(a, b) for a, b, score in read_stsb("train") if score >= args.min_gold][: args.pairs]
     encoder = flaxenc.SentenceEncoder.from_pretrained(resolve_path(args.model))

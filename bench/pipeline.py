@@ -66,8 +66,8 @@ def tokenizer_pairs_per_second(tokenizer, pairs, max_length: int) -> float:
 
 def _pipeline(patterns, tokenizer, max_length: int, batch: int, packing: bool = True):
     from flaxenc.encoder import sequence_buckets
-    from train.config import DatasetConfig
-    from train.pipeline import BatchShape, PipelineOptions, build_pipeline
+    from flaxenc_train.config import DatasetConfig
+    from flaxenc_train.pipeline import BatchShape, PipelineOptions, build_pipeline
 
     specs = [DatasetConfig(path=str(p), text_columns=("anchor", "positive"), label_column=None, weight=w)
              for p, w in zip(patterns, (0.5, 0.3, 0.2))]

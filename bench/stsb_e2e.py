@@ -3,7 +3,7 @@
 all-MiniLM-L6-v2 is fine-tuned with CosineSimilarityLoss for one epoch (batch 16, lr 2e-5,
 WarmupLinear over ceil(10%) of the steps, AdamW weight decay 0.01, gradient clipping at 1) twice:
 
-* by flaxenc's training program (train.loop.Run on configs/stsb_cosine.yaml), and
+* by flaxenc's training program (flaxenc_train.loop.Run on configs/stsb_cosine.yaml), and
 * by ST's own `SentenceTransformer.fit()` with the same hyperparameters and the same step count.
 
 Both see the same batches in the same order: ST is given the rows in flaxenc's epoch_order(0) and
@@ -53,7 +53,7 @@ def _stsb(split: str, folder: Path) -> str:
 
 
 def flaxenc_config(output_dir: Path, limit: int, test_limit: int, dev_limit: int, dropout: bool, folder: Path):
-    from train.config import load_config
+    from flaxenc_train.config import load_config
 
     overrides = [
         f"output_dir={output_dir}",
@@ -200,9 +200,9 @@ def run(limit: int = 0, test_limit: int = 0, dev_limit: int = 64, out: str | os.
     """Trains both, scores both; returns the figures (also written to OUT/stsb_e2e.json)."""
     from sentence_transformers import SentenceTransformer
 
-    from train.data import load_table
-    from train.loop import Run
-    from train.model import resolve_path
+    from flaxenc_train.data import load_table
+    from flaxenc_train.loop import Run
+    from flaxenc_train.model import resolve_path
 
     folder = data_folder()
     out = Path(out).resolve()

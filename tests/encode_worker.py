@@ -20,7 +20,7 @@ def main(process_id: str, processes: str, port: str, pause: str, *argv: str) -> 
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"127.0.0.1:{port}", int(processes), int(process_id))
     jax.config.update("jax_default_matmul_precision", "float32")
-    from train import encode
+    from flaxenc_train import encode
 
     if float(pause) > 0:
         write = encode.write_shard

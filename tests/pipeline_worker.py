@@ -23,11 +23,11 @@ def main(mode: str, out: str, steps: str, process_id: str, processes: str, port:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", int(processes), int(process_id))
     jax.config.update("jax_default_matmul_precision", "float32")
-    from train.config import load_config
+    from flaxenc_train.config import load_config
 
     config = load_config(config_path, list(overrides))
     if mode == "train":
-        from train.loop import Run, train
+        from flaxenc_train.loop import Run, train
 
         if os.environ.get("FLAXENC_TEST_LATE_PROCESS") == process_id:  # a slow host, to test the start's ordering
             start = Run.train
@@ -39,10 +39,10 @@ def main(mode: str, out: str, steps: str, process_id: str, processes: str, port:
                 json.dump({"steps": summary.steps, "resumed_from": summary.resumed_from}, f)
         return
 
-    from train import sources
-    from train.inputs import StreamInput
-    from train.loop import build_loss
-    from train.model import build_encoder
+    from flaxenc_train import sources
+    from flaxenc_train.inputs import StreamInput
+    from flaxenc_train.loop import build_loss
+    from flaxenc_train.model import build_encoder
 
     encoder = build_encoder(config.model, config.seed)
     loss = build_loss(config.loss)

@@ -27,11 +27,11 @@ from conftest import REPO, build_st_model
 from test_train_program import QUICKSTART, tiny_overrides
 
 from flaxenc import SentenceEncoder
-from train.checkpoint import Checkpoints
-from train.cli import main
-from train.config import DatasetConfig
-from train.data import check_label_range, load_table
-from train.output import OutputError
+from flaxenc_train.checkpoint import Checkpoints
+from flaxenc_train.cli import main
+from flaxenc_train.config import DatasetConfig
+from flaxenc_train.data import check_label_range, load_table
+from flaxenc_train.output import OutputError
 
 QUICK = ("data.train.limit=32", "checkpoint.every_steps=2", "evaluation.evaluator=")
 TRAIN_CSV = REPO / "configs" / "data" / "quickstart_train.csv"
@@ -322,7 +322,7 @@ def test_full_disk_at_a_checkpoint_is_one_message(tmp_path):
     if not mount_tmpfs(disk, "3m"):
         pytest.skip("cannot mount a tmpfs here (needs root); the failing-writer test covers the message")
     try:
-        command = [sys.executable, "-m", "train", *tiny(disk / "run"), "--no-progress"]
+        command = [sys.executable, "-m", "flaxenc_train", *tiny(disk / "run"), "--no-progress"]
         done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                               text=True, timeout=600, check=False)
     finally:
@@ -424,7 +424,7 @@ def test_two_runs_on_one_folder_then_sigkill_and_resume(tmp_path):
     output = tmp_path / "run"
     # 120 steps: long enough that the first run is still training while the second one starts up
     args = tiny_overrides(output, "data.train.limit=160", "epochs=6", "checkpoint.every_steps=4", "evaluation.evaluator=")
-    command = [sys.executable, "-m", "train", QUICKSTART, *args, "--no-progress"]
+    command = [sys.executable, "-m", "flaxenc_train", QUICKSTART, *args, "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300

@@ -17,8 +17,8 @@ from conftest import data_folder, read_stsb  # noqa: E402
 
 from flaxenc import SentenceEncoder  # noqa: E402
 from flaxenc.encoder import sequence_buckets  # noqa: E402
-from train.config import DatasetConfig  # noqa: E402
-from train.data import BatchIterator, TokenizedTable, load_table, tokenize_table  # noqa: E402
+from flaxenc_train.config import DatasetConfig  # noqa: E402
+from flaxenc_train.data import BatchIterator, TokenizedTable, load_table, tokenize_table  # noqa: E402
 
 
 def _data(*parts: str) -> str:

@@ -25,7 +25,7 @@ from conftest import REPO, build_st_model
 import flaxenc
 from bench.data import stsb_sentences
 from flaxenc.quantization import quantization_ranges, quantize_embeddings
-from train.encode import main
+from flaxenc_train.encode import main
 
 WORKER = Path(__file__).with_name("encode_worker.py")
 CORPUS_SIZE, SHARD_SIZE = 2000, 250

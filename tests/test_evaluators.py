@@ -248,14 +248,14 @@ def quickstart_tables(folder):
 
 
 def evaluation_config(*overrides):
-    from train.config import load_config
+    from flaxenc_train.config import load_config
 
     return load_config(None, ["output_dir=unused", *overrides]).evaluation
 
 
 def test_train_registry_builds_every_evaluator(tmp_path, minilm_path):
-    from train.config import ConfigError
-    from train.evaluators import EVALUATOR_KINDS, build_evaluator
+    from flaxenc_train.config import ConfigError
+    from flaxenc_train.evaluators import EVALUATOR_KINDS, build_evaluator
 
     assert {*EVALUATOR_KINDS, "sequential"} == set(evaluation.EVALUATORS)
     dev, rerank = quickstart_tables(tmp_path)
@@ -311,8 +311,8 @@ def test_train_run_with_sequential_evaluators(tmp_path):
     """A few steps of flaxenc-train scored by translation, reranking and IR evaluators in one sequence."""
     from test_train_program import QUICKSTART, tiny_overrides
 
-    from train.config import load_config
-    from train.loop import train
+    from flaxenc_train.config import load_config
+    from flaxenc_train.loop import train
 
     dev, rerank = quickstart_tables(tmp_path)
     sections = (

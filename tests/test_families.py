@@ -212,8 +212,8 @@ def test_training_program_trains_each_family(tmp_path, arch):
     """flaxenc-train on a new random encoder of each family, dropout on, MultipleNegativesRankingLoss."""
     import json
 
-    from train.config import load_config
-    from train.loop import train
+    from flaxenc_train.config import load_config
+    from flaxenc_train.loop import train
 
     shape = "hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 37, max_position_embeddings: 64"
     if arch == "distilbert":

@@ -7,12 +7,12 @@ import sys
 import pytest
 from conftest import REPO
 
-from train import huge_pages
+from flaxenc_train import huge_pages
 
 # Relaunches (where it applies), then prints what the relaunched process sees.
 PROGRAM = (
     "import os, sys\n"
-    "from train.huge_pages import relaunch_with_huge_pages\n"
+    "from flaxenc_train.huge_pages import relaunch_with_huge_pages\n"
     "print('start', flush=True)\n"
     "relaunch_with_huge_pages()\n"
     "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n"

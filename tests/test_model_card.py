@@ -24,8 +24,8 @@ from test_train_program import QUICKSTART, tiny_overrides
 import flaxenc
 from flaxenc import losses
 from flaxenc.io.st_names import architecture_text, st_loss_config
-from train.config import load_config
-from train.loop import train
+from flaxenc_train.config import load_config
+from flaxenc_train.loop import train
 
 # --------------------------------------------------------------------------- reading a card back
 

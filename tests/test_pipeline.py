@@ -25,9 +25,9 @@ import pytest
 from conftest import REPO
 from test_train_program import QUICKSTART, TINY_BERT, read_weights
 
-from train.config import DatasetConfig, load_config
-from train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset, text_key
-from train.sources import DataError
+from flaxenc_train.config import DatasetConfig, load_config
+from flaxenc_train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset, text_key
+from flaxenc_train.sources import DataError
 
 WORKER = Path(__file__).with_name("pipeline_worker.py")
 WEIGHTS = (0.5, 0.3, 0.2)
@@ -181,7 +181,7 @@ def test_packing_with_two_processes_trains_as_padding(tmp_path, mixture):
 def test_resume_with_another_process_count_names_both(tmp_path, uninterrupted, mixture, capsys):
     import shutil
 
-    from train.cli import main
+    from flaxenc_train.cli import main
 
     copy = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
     (copy / "summary.json").unlink()  # as if killed: the rerun restores the newest checkpoint
@@ -239,7 +239,7 @@ def test_no_duplicate_batches_are_st_no_duplicates_batch_sampler_batches():
 
 
 def _one_process():
-    from train.exchange import HostExchange
+    from flaxenc_train.exchange import HostExchange
 
     return HostExchange(0, 1)
 
@@ -318,7 +318,7 @@ def test_a_damaged_gzip_shard_is_an_error_naming_it(tmp_path):
     ],
 )
 def test_bad_weights_are_refused_naming_the_dataset(tmp_path, capsys, weights, message):
-    from train.cli import main
+    from flaxenc_train.cli import main
 
     paths = [_bad_file(tmp_path, GOOD, f"{name}.jsonl") for name in "ab"]
     train = ", ".join(f"{{path: '{p}', text_columns: [anchor, positive], label_column: null, weight: {w}}}" for p, w in zip(paths, weights))

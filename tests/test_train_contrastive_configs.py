@@ -15,8 +15,8 @@ from conftest import REPO, build_st_model, read_stsb
 
 import flaxenc
 from bench import make_mined
-from train.config import load_config
-from train.loop import train
+from flaxenc_train.config import load_config
+from flaxenc_train.loop import train
 
 STEPS, BATCH = 6, 16
 

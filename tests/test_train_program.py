@@ -19,9 +19,9 @@ import pytest
 from conftest import REPO
 from safetensors.numpy import load_file
 
-from train.cli import main
-from train.config import load_config
-from train.loop import train
+from flaxenc_train.cli import main
+from flaxenc_train.config import load_config
+from flaxenc_train.loop import train
 
 TINY_BERT = (
     "{model_type: bert, vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, "
@@ -56,7 +56,7 @@ def test_sigkill_then_rerun_ends_with_the_same_model(tmp_path):
 
     # The same run in a subprocess, killed once its first checkpoints exist, then rerun as is.
     output = tmp_path / "killed"
-    command = [sys.executable, "-m", "train", QUICKSTART, *tiny_overrides(output, *extra), "--no-progress"]
+    command = [sys.executable, "-m", "flaxenc_train", QUICKSTART, *tiny_overrides(output, *extra), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -123,7 +123,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     rows[44]["score"] = "1e20"  # (cos - 1e20)^2 overflows float32: the loss of step 6 is inf
     # The label check would refuse 1e20 for CosineSimilarityLoss before training: switched off here to
     # make a loss diverge mid-run.
-    monkeypatch.setattr("train.inputs.check_label_range", lambda *args: None)  # (the table input moved to train/inputs.py)
+    monkeypatch.setattr("flaxenc_train.inputs.check_label_range", lambda *args: None)  # (the table input moved to train/inputs.py)
     data = tmp_path / "pairs.csv"
     with open(data, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["sentence1", "sentence2", "score"])

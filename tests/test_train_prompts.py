@@ -21,10 +21,10 @@ from test_training import compare
 
 import flaxenc
 from flaxenc.util import mine_hard_negatives
-from train.config import ConfigError, load_config
-from train.loop import train
-from train.pipeline import TokenizeChunk
-from train.prompts import check_prompts, column_prompts, prompt_lengths
+from flaxenc_train.config import ConfigError, load_config
+from flaxenc_train.loop import train
+from flaxenc_train.pipeline import TokenizeChunk
+from flaxenc_train.prompts import check_prompts, column_prompts, prompt_lengths
 
 STEPS, BATCH, MINI_BATCH, MAX_SEQ_LENGTH = 20, 8, 3, 48
 COLUMNS = ["anchor", "positive", "negative_1", "negative_2"]
@@ -194,8 +194,8 @@ def test_flaxenc_train_cached_mnrl_with_prompts_matches_st_trainer(mined, st_run
 def test_streamed_mixture_prompts_per_dataset(mined, tmp_path):
     """{dataset_name: {column: prompt}} in a streamed mixture (policy mixed: rows of both datasets in a
     batch): rows of the named dataset carry its prompt and prompt_length, the others none."""
-    from train.inputs import StreamInput
-    from train.loop import build_loss
+    from flaxenc_train.inputs import StreamInput
+    from flaxenc_train.loop import build_loss
 
     folder, path = mined
     records = [json.loads(line) for line in path.read_text().splitlines()]

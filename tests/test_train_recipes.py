@@ -18,8 +18,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.evaluation import BinaryClassificationEvaluator
 
 import flaxenc
-from train.config import load_config
-from train.loop import train
+from flaxenc_train.config import load_config
+from flaxenc_train.loop import train
 
 N_TRAIN, N_TEST = 128, 200
 

@@ -24,9 +24,9 @@ from test_training import compare
 
 import flaxenc
 from flaxenc import losses
-from train.config import ConfigError, load_config
-from train.loop import Run, train
-from train.loss_params import CLASSIFIER_FILE, read_classifier
+from flaxenc_train.config import ConfigError, load_config
+from flaxenc_train.loop import Run, train
+from flaxenc_train.loss_params import CLASSIFIER_FILE, read_classifier
 
 STEPS, BATCH, NUM_LABELS, DIM = 6, 8, 3, 32
 LR, WARMUP, DECAY, SEED = 1e-4, 2, 0.01, 0

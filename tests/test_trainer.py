@@ -19,9 +19,9 @@ from test_train_program import QUICKSTART, read_weights
 
 import flaxenc
 from flaxenc import evaluation, losses
-from train.config import load_config
-from train.loop import train
-from train.trainer import Trainer, TrainingArguments
+from flaxenc_train.config import load_config
+from flaxenc_train.loop import train
+from flaxenc_train.trainer import Trainer, TrainingArguments
 
 ROWS, STEPS = 96, 12
 

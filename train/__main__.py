@@ -1,7 +1,7 @@
-"""`python -m train CONFIG.yaml [key=value ...]`, the same as `flaxenc-train`."""
+"""`python -m flaxenc_train CONFIG.yaml [key=value ...]`, the same as `flaxenc-train`."""
 
 import sys
 
-from train.cli import main
+from flaxenc_train.cli import main
 
 sys.exit(main())

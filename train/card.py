@@ -7,7 +7,7 @@ from typing import Any
 
 from flaxenc.io.model_card import EvaluationResult, TrainingCard
 from flaxenc.io.st_names import st_loss_config
-from train.config import TrainConfig
+from flaxenc_train.config import TrainConfig
 
 _RECORD_KEYS = ("kind", "step", "epoch")
 

@@ -22,7 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from flaxenc.train_step import TrainState
-from train.output import disk_full, held_stderr
+from flaxenc_train.output import disk_full, held_stderr
 
 
 class CheckpointError(RuntimeError):

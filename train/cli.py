@@ -12,16 +12,16 @@ import os
 import sys
 import traceback
 
-from train.huge_pages import relaunch_with_huge_pages
+from flaxenc_train.huge_pages import relaunch_with_huge_pages
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as a program: relaunch for faster host memory on CPU, before the heavy imports
         relaunch_with_huge_pages()
-    from train.checkpoint import CheckpointError
-    from train.config import ConfigError, load_config, to_dict
-    from train.loop import TrainingDiverged, train
-    from train.output import OutputError
+    from flaxenc_train.checkpoint import CheckpointError
+    from flaxenc_train.config import ConfigError, load_config, to_dict
+    from flaxenc_train.loop import TrainingDiverged, train
+    from flaxenc_train.output import OutputError
 
     parser = argparse.ArgumentParser(
         prog="flaxenc-train",

@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 
 from flaxenc.packing import pack_batch
-from train.config import DatasetConfig
+from flaxenc_train.config import DatasetConfig
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 

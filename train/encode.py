@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.sources import DataError
+from flaxenc_train.sources import DataError
 
 SHARD_PREFIX = "embeddings"
 DEFAULT_SHARD_SIZE = 10_000
@@ -62,8 +62,8 @@ def _read_lines(path: str) -> Iterator[tuple[str, str | DataError]]:
 
 def read_texts(paths: list[str], column: str) -> Iterator[str]:
     """Each record's text, file after file; a bad record or file is a DataError naming it."""
-    from train import sources
-    from train.config import DatasetConfig
+    from flaxenc_train import sources
+    from flaxenc_train.config import DatasetConfig
 
     for path in paths:
         if not os.path.isfile(path):

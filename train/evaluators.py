@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from flaxenc import evaluation
-from train.config import ConfigError, DatasetConfig, EvaluationConfig, build, validate
-from train.data import load_table
+from flaxenc_train.config import ConfigError, DatasetConfig, EvaluationConfig, build, validate
+from flaxenc_train.data import load_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _paraphrase_mining(texts, labels, common, args):
 
 def _mse(texts, labels, common, args):
     from flaxenc import SentenceEncoder
-    from train.model import resolve_path
+    from flaxenc_train.model import resolve_path
 
     args = dict(args)
     teacher = args.pop("teacher_model", None)

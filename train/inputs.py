@@ -22,8 +22,8 @@ import datasets
 import jax
 
 from flaxenc.encoder import SentenceEncoder, sequence_buckets
-from train.config import ConfigError, DatasetConfig, TrainConfig
-from train.data import (
+from flaxenc_train.config import ConfigError, DatasetConfig, TrainConfig
+from flaxenc_train.data import (
     BatchIterator,
     check_label_range,
     file_sha256,
@@ -32,9 +32,9 @@ from train.data import (
     token_cache_path,
     tokenize_table,
 )
-from train.pipeline import BatchShape, PipelineOptions, build_pipeline, mixture_weights
-from train.prompts import check_prompts, column_prompts, prompt_lengths, with_prompts
-from train.sources import data_fingerprint, is_hub
+from flaxenc_train.pipeline import BatchShape, PipelineOptions, build_pipeline, mixture_weights
+from flaxenc_train.prompts import check_prompts, column_prompts, prompt_lengths, with_prompts
+from flaxenc_train.sources import data_fingerprint, is_hub
 
 logger = logging.getLogger(__name__)
 

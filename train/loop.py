@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from flaxenc import losses, sharding
 from flaxenc.train_step import TrainStep, init_train_state, params_to_model
-from train.card import evaluation_at, evaluation_result, training_card
-from train.checkpoint import CheckpointError, Checkpoints, write_json
-from train.config import (
+from flaxenc_train.card import evaluation_at, evaluation_result, training_card
+from flaxenc_train.checkpoint import CheckpointError, Checkpoints, write_json
+from flaxenc_train.config import (
     ConfigError,
     LossConfig,
     TrainConfig,
@@ -38,12 +38,12 @@ from train.config import (
     to_dict,
     validate,
 )
-from train.evaluators import build_evaluator
-from train.inputs import StreamInput, TableInput, datasets_of, is_streamed, loss_key
-from train.logs import MetricWindow, RunLog
-from train.loss_params import check_losses, clip_mask, make_loss, save_model
-from train.model import build_encoder
-from train.output import MARKER_NAME, RunLock, atomic_save, check_output_dir, remove_partial_saves
+from flaxenc_train.evaluators import build_evaluator
+from flaxenc_train.inputs import StreamInput, TableInput, datasets_of, is_streamed, loss_key
+from flaxenc_train.logs import MetricWindow, RunLog
+from flaxenc_train.loss_params import check_losses, clip_mask, make_loss, save_model
+from flaxenc_train.model import build_encoder
+from flaxenc_train.output import MARKER_NAME, RunLock, atomic_save, check_output_dir, remove_partial_saves
 
 logger = logging.getLogger(__name__)
 

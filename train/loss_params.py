@@ -19,8 +19,8 @@ import numpy as np
 
 from flaxenc import losses
 from flaxenc.train_step import ModelAndLossParams, split_params
-from train.config import ConfigError, LossConfig
-from train.model import resolve_path
+from flaxenc_train.config import ConfigError, LossConfig
+from flaxenc_train.model import resolve_path
 
 CLASSIFIER_FILE = "softmax_classifier.safetensors"
 

@@ -21,7 +21,7 @@ from flaxenc.io.st_folder import STFolder, load_tokenizer, set_tokenizer_options
 from flaxenc.models import config_from_dict, family_of
 from flaxenc.modules import Dense, Pooling, head_kind
 from flaxenc.sentence_model import SentenceModel
-from train.config import ConfigError, ModelConfig, ModuleConfig
+from flaxenc_train.config import ConfigError, ModelConfig, ModuleConfig
 
 PACKAGE_PREFIX = "package:"
 

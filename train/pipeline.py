@@ -25,9 +25,9 @@ import grain
 import numpy as np
 
 from flaxenc.packing import pack, pack_length
-from train.config import DatasetConfig
-from train.exchange import HostExchange
-from train.sources import DataError, RecordSource, count_records, process_files, shard_files
+from flaxenc_train.config import DatasetConfig
+from flaxenc_train.exchange import HostExchange
+from flaxenc_train.sources import DataError, RecordSource, count_records, process_files, shard_files
 
 CHUNK = 256  # records tokenized in one call (the fast tokenizer's batch API)
 _MAX_DEFERRED = 16  # rows set aside per batch row before no_duplicates gives up

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from train.config import ConfigError, DatasetConfig, TrainConfig
+from flaxenc_train.config import ConfigError, DatasetConfig, TrainConfig
 
 
 def _datasets(config: TrainConfig) -> tuple[DatasetConfig, ...]:

@@ -32,7 +32,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from train.config import DatasetConfig
+from flaxenc_train.config import DatasetConfig
 
 # Records each process read from each file, for tests and the "records read" log line.
 RECORDS_READ: Counter = Counter()

@@ -19,7 +19,7 @@ from typing import Any
 
 from flaxenc import losses
 from flaxenc.encoder import SentenceEncoder
-from train.config import (
+from flaxenc_train.config import (
     CheckpointConfig,
     ConfigError,
     DataConfig,
@@ -29,8 +29,8 @@ from train.config import (
     TrainConfig,
     validate,
 )
-from train.loop import Run, Summary
-from train.output import MARKER_NAME, check_output_dir
+from flaxenc_train.loop import Run, Summary
+from flaxenc_train.output import MARKER_NAME, check_output_dir
 
 # ST's trainer takes the label from a column with one of these names; every other column is a text.
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
