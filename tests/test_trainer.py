@@ -15,12 +15,12 @@ import datasets
 import numpy as np
 import pytest
 from conftest import build_st_model, read_stsb
-from test_train_program import QUICKSTART, read_weights
+from test_train_program import QUICKSTART, read_weights, tiny_overrides
 
 import flaxenc
 from flaxenc import evaluation, losses
-from flaxenc_train.config import load_config
-from flaxenc_train.loop import train
+from flaxenc_train.config import ConfigError, load_config
+from flaxenc_train.loop import Run, train
 from flaxenc_train.trainer import Trainer, TrainingArguments
 
 ROWS, STEPS = 96, 12
@@ -91,3 +91,15 @@ def test_bad_losses_are_named(tmp_path, tiny):
     guided = losses.GISTEmbedLoss(guide=model.model)
     with pytest.raises(TypeError, match="GISTEmbedLoss.guide is a SentenceModel; .* give it by name or path"):
         Trainer(model, TrainingArguments(str(tmp_path / "y")), data["a"], guided).config()
+
+
+def test_duplicate_free_batches_need_streamed_data(tmp_path, tiny):
+    """ST's NO_DUPLICATES sampler is the streamed pipeline's; an in-memory table asked for it is an error, not ignored."""
+    folder, rows = tiny
+    model = flaxenc.SentenceEncoder.from_pretrained(folder)
+    args = TrainingArguments(str(tmp_path / "trainer"), batch_sampler="no_duplicates")
+    with pytest.raises(ConfigError, match="max_steps: streamed data"):
+        Trainer(model, args, datasets.Dataset.from_dict(rows), losses.MultipleNegativesRankingLoss()).train()
+    config = load_config(QUICKSTART, tiny_overrides(tmp_path / "program", "data.no_duplicates=true", "data.streaming=false"))
+    with pytest.raises(ConfigError, match="data.no_duplicates: true needs streamed input"):
+        Run(config, progress=False)

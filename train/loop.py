@@ -165,6 +165,12 @@ class Run:
         else:
             if isinstance(config.data.train, tuple):
                 raise ConfigError("data.streaming: false reads one table into memory; data.train lists several datasets")
+            if config.data.no_duplicates:
+                # The in-memory table batches as ST's default sampler; only the streamed pipeline keeps texts unique.
+                raise ConfigError(
+                    "data.no_duplicates: true needs streamed input (data.streaming: true, with max_steps); an in-memory "
+                    "table batches as ST's default sampler, where a text may occur twice in a batch"
+                )
             self.batches = TableInput(config, self.encoder, self.loss, self.mesh.size, self.output_dir / "cache")
 
     def _prepare_optimizer(self) -> None:

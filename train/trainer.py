@@ -71,8 +71,9 @@ class TrainingArguments:
     save_steps: int = 500
     save_total_limit: int = 2
     logging_steps: int = 10
-    # "no_duplicates" (ST's NoDuplicatesBatchSampler) or "batch_sampler"; None: no duplicates for
-    # losses with in-batch negatives (streamed datasets only; in-memory tables batch as ST's default).
+    # "no_duplicates" (ST's NoDuplicatesBatchSampler: the data is streamed, so set max_steps) or
+    # "batch_sampler"; None: no duplicates for losses with in-batch negatives where the data is streamed
+    # (a dict of datasets), and ST's default batches for one in-memory dataset.
     batch_sampler: str | None = None
     # Which dataset a batch comes from with a dict of datasets: "proportional" or "round_robin", as ST.
     multi_dataset_batch_sampler: str = "proportional"
@@ -112,6 +113,8 @@ class Trainer:
                 packing=args.packing,
                 sampler=args.multi_dataset_batch_sampler,
                 no_duplicates=no_duplicates,
+                # Duplicate-free batches come from the streamed pipeline (which needs max_steps).
+                streaming=True if no_duplicates else None,
             ),
             loss=_loss_config(next(iter(self.losses.values()))),
             optimizer=_optimizer(args, scheduler),
@@ -157,7 +160,8 @@ class Trainer:
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 dataset.to_parquet(str(path))
-        summary = Run(config, evaluator=self.evaluator).train()
+        self.run = Run(config, evaluator=self.evaluator)  # its batches, steps and schedule, for inspection
+        summary = self.run.train()
         self.model.model = SentenceEncoder.from_pretrained(summary.final_model).model
         return summary
 
