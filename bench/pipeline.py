@@ -1,13 +1,17 @@
 """The input pipeline alone, on one host core: pairs/s against the fast tokenizer's own, and host memory.
 
-    python -m bench.pipeline [--pairs 20000] [--rss-pairs 10000000] [--json PATH]
+    python -m bench.pipeline [--pairs 20000] [--rss-pairs 10000000] [--workers 0,1,2] [--json PATH]
 
 Side by side, pinned to one core (tokenizer threads off): the MiniLM fast tokenizer on the pairs
-(both texts, batches of 256), then flaxenc's streamed pipeline on the same pairs written as a
-jsonl.gz (read, check, shuffle, tokenize, no-duplicate batching, pack into a batch of 1024 rows).
-On STS-B-like pairs (STS-B train, repeated) and on recipe 2's long texts (MRPC pairs joined into
-~400-token texts). Then RSS while streaming a synthetic mixture of --rss-pairs pairs in 3 jsonl.gz
-datasets, against one of a hundredth of that size: memory must not grow with the data.
+(the Rust tokenizer's encode_batch_fast on both texts, batches of 256, as the pipeline calls it; and
+for reference the transformers tokenizer call, which adds a Python conversion per text), then
+flaxenc's streamed pipeline on the same pairs written as a jsonl.gz (read, check, shuffle,
+tokenize, no-duplicate batching, pack into a batch of 1024 rows). On STS-B-like pairs (STS-B train,
+repeated) and on recipe 2's long texts (MRPC pairs joined into ~400-token texts). Then, on all the
+machine's cores, the pipeline with each --workers count (grain worker processes read, shuffle and
+tokenize; the main process batches and packs). Then RSS while streaming a synthetic mixture of
+--rss-pairs pairs in 3 jsonl.gz datasets, against one of a hundredth of that size: memory must not
+grow with the data.
 """
 
 from __future__ import annotations
@@ -55,6 +59,20 @@ def _tokenizer():
 
 
 def tokenizer_pairs_per_second(tokenizer, pairs, max_length: int) -> float:
+    """The Rust tokenizer alone, as the pipeline calls it: both texts, 256 at a time."""
+    from flaxenc.encoder import rust_tokenizer
+
+    fast = rust_tokenizer(tokenizer, max_length)
+    start = time.perf_counter()
+    for i in range(0, len(pairs), 256):
+        chunk = pairs[i : i + 256]
+        for column in (0, 1):
+            [e.ids for e in fast.encode_batch_fast([p[column] for p in chunk])]
+    return len(pairs) / (time.perf_counter() - start)
+
+
+def transformers_pairs_per_second(tokenizer, pairs, max_length: int) -> float:
+    """The transformers tokenizer call on the same chunks (what ST's collator calls)."""
     start = time.perf_counter()
     for i in range(0, len(pairs), 256):
         chunk = pairs[i : i + 256]
@@ -64,7 +82,7 @@ def tokenizer_pairs_per_second(tokenizer, pairs, max_length: int) -> float:
     return len(pairs) / (time.perf_counter() - start)
 
 
-def _pipeline(patterns, tokenizer, max_length: int, batch: int, packing: bool = True):
+def _pipeline(patterns, tokenizer, max_length: int, batch: int, packing: bool = True, workers: int = 0):
     from flaxenc.encoder import sequence_buckets
     from flaxenc_train.config import DatasetConfig
     from flaxenc_train.pipeline import BatchShape, PipelineOptions, build_pipeline
@@ -74,14 +92,14 @@ def _pipeline(patterns, tokenizer, max_length: int, batch: int, packing: bool = 
     iterator, _ = build_pipeline(
         specs, [None] * len(specs), tokenizer, max_length, global_batch=batch,
         shape=BatchShape(sequence_buckets(max_length), tokenizer.pad_token_id or 0, packing, 1),
-        options=PipelineOptions(no_duplicates=True, prefetch=1), seed=0, process_index=0, process_count=1,
+        options=PipelineOptions(no_duplicates=True, prefetch=1, workers=workers), seed=0, process_index=0, process_count=1,
     )
     return iterator
 
 
-def pipeline_pairs_per_second(path: Path, tokenizer, pairs: int, max_length: int, batch: int = 1024) -> float:
+def pipeline_pairs_per_second(paths, tokenizer, pairs: int, max_length: int, batch: int = 1024, workers: int = 0) -> float:
     batch = min(batch, pairs // 4)  # the file's distinct texts fill several batches without a repeat
-    iterator = _pipeline([path], tokenizer, max_length, batch)
+    iterator = _pipeline(paths, tokenizer, max_length, batch, workers=workers)
     next(iterator)  # opens the file, fills the first shuffle window
     steps = max(1, pairs // batch - 1)
     start = time.perf_counter()
@@ -124,9 +142,11 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=20_000)
     parser.add_argument("--rss-pairs", type=int, default=10_000_000)
     parser.add_argument("--rss-steps", type=int, default=200)
+    parser.add_argument("--workers", default="0,1,2", help="worker counts for the scaling pass on all cores")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one host core
+    all_cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {sorted(all_cores)[0]})  # one host core
     tokenizer = _tokenizer()
     results = {"cores": 1}
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,10 +154,22 @@ def main(argv=None) -> None:
             path = Path(tmp) / f"{name}.jsonl.gz"
             _write(path, pairs)
             alone = tokenizer_pairs_per_second(tokenizer, pairs, max_length)
-            whole = pipeline_pairs_per_second(path, tokenizer, len(pairs), max_length)
-            results[name] = {"pairs": len(pairs), "tokenizer_pairs_s": round(alone), "pipeline_pairs_s": round(whole),
-                             "ratio": round(whole / alone, 3)}
+            call = transformers_pairs_per_second(tokenizer, pairs, max_length)
+            whole = pipeline_pairs_per_second([path], tokenizer, len(pairs), max_length)
+            results[name] = {"pairs": len(pairs), "tokenizer_pairs_s": round(alone), "transformers_call_pairs_s": round(call),
+                             "pipeline_pairs_s": round(whole), "ratio": round(whole / alone, 3)}
             print(name, results[name], flush=True)
+        # Scaling with grain worker processes, on every core: 8 shards so each worker has its own files.
+        os.sched_setaffinity(0, all_cores)
+        pairs = _pairs_stsb(args.pairs * 2)
+        shards = [Path(tmp) / f"scaling-{i}.jsonl.gz" for i in range(8)]
+        for i, shard in enumerate(shards):
+            _write(shard, pairs[i::8])
+        results["workers"] = {"cores": len(all_cores)}
+        for workers in (int(w) for w in args.workers.split(",")):
+            glob = [Path(tmp) / "scaling-*.jsonl.gz"]  # one dataset of 8 shards
+            results["workers"][str(workers)] = round(pipeline_pairs_per_second(glob, tokenizer, len(pairs), 128, workers=workers))
+            print("workers", workers, results["workers"][str(workers)], flush=True)
         folder = Path(os.environ.get("FLAXENC_BENCH_TMP", tmp))
         small = streaming_rss(folder, tokenizer, max(args.rss_pairs // 100, 30_000), args.rss_steps)
         large = streaming_rss(folder, tokenizer, args.rss_pairs, args.rss_steps)

@@ -111,6 +111,18 @@ def _token_embeddings(graphdef, state_tree, state_leaves, batch):
     return rows.reshape(-1, rows.shape[-1])[batch["token_index"]].astype(jnp.float32)  # [B, T, H]
 
 
+def rust_tokenizer(tokenizer, max_length: int) -> tokenizers.Tokenizer:
+    """The Rust tokenizer of a transformers fast tokenizer, truncating at max_length, unpadded.
+
+    Its encode_batch_fast gives the ids of `tokenizer(texts, truncation=True, max_length=max_length)`
+    without transformers' per-sentence Python conversion (tests/test_parity.py compares them).
+    """
+    fast = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    fast.enable_truncation(max_length)
+    fast.no_padding()
+    return fast
+
+
 class SentenceEncoder:
     """A sentence-transformers model in Flax: `SentenceEncoder.from_pretrained(path).encode(texts)`."""
 
@@ -254,14 +266,9 @@ class SentenceEncoder:
         return [encoding.ids for encoding in self._fast_tokenizer().encode_batch_fast(list(texts))]
 
     def _fast_tokenizer(self) -> tokenizers.Tokenizer:
-        # The Rust tokenizer alone, set to truncate at max_seq_length: the same ids as the
-        # transformers tokenizer's call, without its per-sentence Python conversion.
         key = (id(self.tokenizer), self.max_seq_length)
         if getattr(self, "_fast_key", None) != key:
-            fast = tokenizers.Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
-            fast.enable_truncation(self.max_seq_length)
-            fast.no_padding()
-            self._fast, self._fast_key = fast, key
+            self._fast, self._fast_key = rust_tokenizer(self.tokenizer, self.max_seq_length), key
         return self._fast
 
     def _prepare_batches(self, texts: Sequence[str], batch_size: int, batches: Sequence[np.ndarray]) -> list:

@@ -42,18 +42,40 @@ def pack_length(longest: int, buckets: Sequence[int], minimum: int = PACK_LENGTH
 def first_fit(lengths: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """(row, offset) of each sentence: first fit, longest first (ties keep their order).
 
-    A loop over sentences: for a training batch's few dozen sentences of mixed lengths it fills
-    rows best. encode() uses next_fit, which loops over rows instead.
+    Equal lengths are placed together: under first fit, k sentences of one length fill the open rows
+    in row order (each row takes as many as its free tokens hold) and then new rows, so a whole run
+    of equal lengths is a few numpy operations. A training batch has a few dozen distinct lengths,
+    so this is a loop over lengths, not over sentences, with first fit's placement exactly.
     """
     row, offset = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64)
-    used: list[int] = []  # tokens taken in each row
-    for sentence in np.argsort(-lengths, kind="stable"):
-        n = int(lengths[sentence])
-        target = next((r for r, taken in enumerate(used) if taken + n <= length), len(used))
-        if target == len(used):
-            used.append(0)
-        row[sentence], offset[sentence] = target, used[target]
-        used[target] += n
+    order = np.argsort(-lengths, kind="stable")
+    ordered = lengths[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, np.int64)
+    used = np.zeros(0, np.int64)  # tokens taken in each row
+    for first, last in zip(starts, [*starts[1:], len(order)]):
+        n, items = int(ordered[first]), order[first:last]
+        if n == 0:  # an empty sentence fits anywhere: the first row (or a new one)
+            if not len(used):
+                used = np.zeros(1, np.int64)
+            row[items], offset[items] = 0, used[0]
+            continue
+        capacity = (length - used) // n  # sentences of this length each open row still takes
+        filled = np.cumsum(capacity)
+        existing = min(len(items), int(filled[-1]) if len(filled) else 0)
+        j = np.arange(existing)
+        target = np.searchsorted(filled, j, side="right")
+        row[items[:existing]] = target
+        offset[items[:existing]] = used[target] + (j - (filled - capacity)[target]) * n
+        used = used + np.minimum(capacity, np.maximum(0, existing - (filled - capacity))) * n
+        rest = len(items) - existing
+        if rest:
+            per_row = length // n
+            j = np.arange(rest)
+            row[items[existing:]] = len(used) + j // per_row
+            offset[items[existing:]] = (j % per_row) * n
+            counts = np.full(-(-rest // per_row), per_row)
+            counts[-1] = rest - per_row * (len(counts) - 1)
+            used = np.concatenate([used, counts * n])
     return row, offset
 
 

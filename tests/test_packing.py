@@ -10,7 +10,7 @@ from conftest import SENTENCES, build_st_model
 import flaxenc
 from flaxenc import losses, optim
 from flaxenc.encoder import sequence_buckets
-from flaxenc.packing import pack, pack_batch, pack_length, packed_rows
+from flaxenc.packing import first_fit, pack, pack_batch, pack_length, packed_rows
 from flaxenc.sentence_model import flat_params
 from flaxenc.train_step import TrainStep, embed_columns, init_train_state, params_to_model
 
@@ -54,6 +54,30 @@ def test_pack_layout():
 
     with pytest.raises(ValueError, match="longer than the pack length 32"):
         pack([c[0] for c in columns], [c[1] for c in columns], length=32)
+
+
+def first_fit_by_sentence(lengths, length):
+    """First fit decreasing as its definition reads: each sentence, longest first, into the first row it fits."""
+    row, offset, used = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64), []
+    for sentence in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[sentence])
+        target = next((r for r, taken in enumerate(used) if taken + n <= length), len(used))
+        used += [0] * (target == len(used))
+        row[sentence], offset[sentence], used[target] = target, used[target], used[target] + n
+    return row, offset
+
+
+def test_first_fit_places_sentences_as_the_definition_does():
+    """first_fit places runs of equal lengths at once; every sentence lands where the definition puts it."""
+    rng = np.random.default_rng(0)
+    for case in range(2000):
+        length = int(rng.choice([16, 32, 64, 128]))
+        lengths = rng.integers(0 if case % 7 == 0 else 1, length + 1, int(rng.integers(0, 200)))
+        if case % 3 == 0:  # many equal lengths
+            lengths = np.minimum(lengths, rng.integers(1, length + 1))
+        expected, actual = first_fit_by_sentence(lengths, length), first_fit(lengths, length)
+        np.testing.assert_array_equal(actual[0], expected[0])
+        np.testing.assert_array_equal(actual[1], expected[1])
 
 
 def test_row_counts_and_lengths():

@@ -28,6 +28,7 @@ from test_train_program import QUICKSTART, TINY_BERT, read_weights
 from flaxenc_train.config import DatasetConfig, load_config
 from flaxenc_train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset, text_key
 from flaxenc_train.sources import DataError
+from flaxenc_train.window_shuffle import WindowShuffle
 
 WORKER = Path(__file__).with_name("pipeline_worker.py")
 WEIGHTS = (0.5, 0.3, 0.2)
@@ -335,3 +336,23 @@ def test_bad_weights_are_refused_naming_the_dataset(tmp_path, capsys, weights, m
 def test_mixture_config_round_trips(tmp_path, mixture):
     config = load_config(QUICKSTART, mixture_overrides(mixture, tmp_path / "run", "data.policy=mixed"))
     assert len(config.data.train) == 3 and config.data.train[1].weight == 0.3 and config.data.policy == "mixed"
+
+
+def test_window_shuffle_permutes_each_window_and_resumes_anywhere():
+    import grain
+
+    source = grain.MapDataset.range(100).to_iter_dataset()
+    expected = list(WindowShuffle(source, 16, seed=7))
+    assert len(expected) == 100 and expected != list(range(100))
+    for start in range(0, 100, 16):  # each window holds exactly its own records
+        assert sorted(expected[start : start + 16]) == list(range(start, min(start + 16, 100)))
+    for taken in (0, 1, 15, 16, 17, 50, 99, 100):
+        iterator = iter(WindowShuffle(source, 16, seed=7))
+        for _ in range(taken):
+            next(iterator)
+        state = json.loads(json.dumps(iterator.get_state()))
+        resumed = iter(WindowShuffle(source, 16, seed=7))
+        resumed.set_state(state)
+        assert list(resumed) == expected[taken:]
+    with pytest.raises(ValueError, match="earlier flaxenc"):
+        iter(WindowShuffle(source, 16, seed=7)).set_state({"parent": {}, "window_index": 0})

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
+from flaxenc.encoder import rust_tokenizer
 from flaxenc.packing import pack, pack_length
 from flaxenc_train.config import DatasetConfig
 from flaxenc_train.exchange import HostExchange
 from flaxenc_train.sources import DataError, RecordSource, count_records, process_files, shard_files
+from flaxenc_train.window_shuffle import WindowShuffle
 
 CHUNK = 256  # records tokenized in one call (the fast tokenizer's batch API)
 _MAX_DEFERRED = 16  # rows set aside per batch row before no_duplicates gives up
@@ -47,17 +51,15 @@ class TokenizeChunk:
     """
 
     def __init__(self, tokenizer, max_length: int, with_keys: bool, prompts: tuple | None = None):
-        self.tokenizer, self.max_length, self.with_keys = tokenizer, max_length, with_keys
+        # The Rust tokenizer alone (picklable, so it goes to the workers): the transformers call's ids.
+        self.tokenizer, self.with_keys = rust_tokenizer(tokenizer, max_length), with_keys
         self.prompts, self.prompt_lengths = prompts if prompts is not None else (None, None)
 
     def __call__(self, records: Sequence[dict]) -> dict:
         columns = len(records[0]["texts"])
         prompts = self.prompts or (None,) * columns
         ids = [
-            self.tokenizer(
-                [(prompts[c] or "") + r["texts"][c] for r in records], truncation=True, max_length=self.max_length, padding=False,
-                return_attention_mask=False, return_token_type_ids=False,
-            )["input_ids"]
+            [e.ids for e in self.tokenizer.encode_batch_fast([(prompts[c] or "") + r["texts"][c] for r in records])]
             for c in range(columns)
         ]
         rows = []
@@ -78,7 +80,7 @@ def row_chunks(
     """Tokenized chunks of one dataset's records on this process (grain workers when workers > 0)."""
     records: grain.IterDataset = RecordSource(spec, files, label_column, seed, shuffle, skip_bad)
     if shuffle and shuffle_window > 1:
-        records = grain.experimental.WindowShuffleIterDataset(records, window_size=shuffle_window, seed=seed)
+        records = WindowShuffle(records, shuffle_window, seed)
     chunks = records.batch(CHUNK, batch_fn=list).map(TokenizeChunk(tokenizer, max_length, with_keys, prompts))
     if workers > 0:
         from absl import flags
@@ -210,12 +212,12 @@ class GlobalBatches:
         length = fitting[0]
         batch_columns = []
         for c in range(columns):
+            lengths = np.fromiter((len(row["ids"][c]) for row in rows), np.int64, len(rows))
+            tokens = np.fromiter(itertools.chain.from_iterable(row["ids"][c] for row in rows), np.int32, int(lengths.sum()))
+            mask = np.arange(length) < lengths[:, None]
             ids = np.full((len(rows), length), shape.pad_id, np.int32)
-            mask = np.zeros((len(rows), length), np.int32)
-            for i, row in enumerate(rows):
-                n = len(row["ids"][c])
-                ids[i, :n], mask[i, :n] = row["ids"][c], 1
-            batch_columns.append({"input_ids": ids, "attention_mask": mask})
+            ids[mask] = tokens  # row by row, left to right: each row's tokens, then its padding
+            batch_columns.append({"input_ids": ids, "attention_mask": mask.astype(np.int32)})
             if any("prompt_length" in row for row in rows):  # prompts (per row: policy mixed mixes datasets)
                 lengths = [row.get("prompt_length", [0] * columns)[c] for row in rows]
                 batch_columns[-1]["prompt_length"] = np.asarray(lengths, np.int32)
@@ -266,13 +268,16 @@ class GlobalBatches:
         return {
             "step": self.step,
             "streams": [stream.get_state() for stream in self.streams],
-            "pending": self.pending,
+            # A string: grain's prefetch thread deep-copies the state at every batch, and a copy of a
+            # string is free where one of hundreds of rows of token ids is not.
+            "pending": json.dumps(self.pending, separators=(",", ":")),
             "process_count": self.exchange.count,
         }
 
     def set_state(self, state: dict) -> None:
         self.step = state["step"]
-        self.pending = [list(rows) for rows in state["pending"]]
+        pending = state["pending"]
+        self.pending = [list(rows) for rows in (json.loads(pending) if isinstance(pending, str) else pending)]
         for stream, saved in zip(self.streams, state["streams"]):
             stream.set_state(saved)
 
