@@ -5,7 +5,7 @@ warmup over 10% of the steps, duplicate-free batches and STS-B dev as evaluator.
 positive pairs here are MRPC's paraphrases (label 1 rows of its train split) as (anchor, positive):
 every other positive in the batch is a negative. The defaults are set as ST's Trainer has them (lr
 5e-5, no weight decay, linear schedule). With --no-duplicates the batches are duplicate-free, as ST's
-NO_DUPLICATES: the Trainer then streams the data (`batch_sampler="no_duplicates"`, with `max_steps`);
+NO_DUPLICATES: the Trainer then streams the data (`batch_sampler="no_duplicates"`);
 without, the in-memory data batches as ST's default sampler does (a text may occur twice in a batch).
 
     python -m examples.training_mnrl [--model M] [--batch-size 128] [--train-pairs 0] [--output DIR]
@@ -13,7 +13,6 @@ without, the in-memory data batches as ST's default sampler does (a text may occ
 
 from __future__ import annotations
 
-import math
 import sys
 
 import datasets
@@ -39,14 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("before training:", dev_evaluator(model))
 
     data = paraphrase_pairs(args.train_pairs)
-    # Streamed data has no epoch length: the steps of the in-memory epochs, for --no-duplicates.
-    max_steps = math.ceil(len(data) / args.batch_size) * args.epochs if args.no_duplicates else 0
     arguments = TrainingArguments(
         output_dir=args.output, num_train_epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=5e-5, weight_decay=0.0, lr_scheduler_type="linear", warmup_ratio=0.1,
         eval_steps=args.eval_steps, save_steps=args.eval_steps, save_total_limit=2, logging_steps=args.eval_steps,
         seed=args.seed, dropout=not args.no_dropout,
-        batch_sampler="no_duplicates" if args.no_duplicates else None, max_steps=max_steps,
+        batch_sampler="no_duplicates" if args.no_duplicates else None,
     )
     loss = losses.MultipleNegativesRankingLoss()  # scale 20, cosine similarity: ST's defaults
     trainer = Trainer(model, arguments, data, loss, evaluator=dev_evaluator)

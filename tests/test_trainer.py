@@ -93,13 +93,22 @@ def test_bad_losses_are_named(tmp_path, tiny):
         Trainer(model, TrainingArguments(str(tmp_path / "y")), data["a"], guided).config()
 
 
-def test_duplicate_free_batches_need_streamed_data(tmp_path, tiny):
-    """ST's NO_DUPLICATES sampler is the streamed pipeline's; an in-memory table asked for it is an error, not ignored."""
+def test_duplicate_free_batches_stream_the_data(tmp_path, tiny):
+    """ST's NO_DUPLICATES sampler is the streamed pipeline's: the Trainer streams its dataset for it, one
+    epoch being the records over the batch; an in-memory table asked for it is an error, not ignored; a
+    streamed mixture without max_steps has no epoch length."""
     folder, rows = tiny
     model = flaxenc.SentenceEncoder.from_pretrained(folder)
-    args = TrainingArguments(str(tmp_path / "trainer"), batch_sampler="no_duplicates")
-    with pytest.raises(ConfigError, match="max_steps: streamed data"):
-        Trainer(model, args, datasets.Dataset.from_dict(rows), losses.MultipleNegativesRankingLoss()).train()
+    args = TrainingArguments(str(tmp_path / "trainer"), batch_size=8, num_train_epochs=2, batch_sampler="no_duplicates", dropout=False)
+    pairs = datasets.Dataset.from_dict({"anchor": rows["sentence1"], "positive": rows["sentence2"]})
+    trainer = Trainer(model, args, pairs, losses.MultipleNegativesRankingLoss())
+    summary = trainer.train()
+    assert trainer.run.streamed and trainer.run.batches.no_duplicates
+    assert summary.steps == 2 * ROWS // 8 and trainer.run.batches.rows == ROWS
+
     config = load_config(QUICKSTART, tiny_overrides(tmp_path / "program", "data.no_duplicates=true", "data.streaming=false"))
     with pytest.raises(ConfigError, match="data.no_duplicates: true needs streamed input"):
         Run(config, progress=False)
+    mixture = {"a": pairs, "b": pairs}
+    with pytest.raises(ConfigError, match="max_steps: a mixture of streamed datasets has no epoch length"):
+        Trainer(model, TrainingArguments(str(tmp_path / "mixture")), mixture, losses.MultipleNegativesRankingLoss()).train()

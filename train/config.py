@@ -115,7 +115,7 @@ class DataConfig:
     packing: bool = _field(True, resume=False)
     # Stream the records (train/pipeline.py: read lazily, each process its own files, grain
     # workers) instead of reading one table into memory. None: stream a list of datasets, a glob
-    # of shards or a .gz file; tables otherwise. Streamed runs stop at max_steps.
+    # of shards or a .gz file; tables otherwise. Streamed runs stop at max_steps (one dataset: or after `epochs` of its record count).
     streaming: bool | None = None
     # Mixtures: "one" takes each global batch from one dataset (the all-* recipe, ST's multi-dataset
     # batch samplers), "mixed" draws each row's dataset by weight.

@@ -32,9 +32,10 @@ from flaxenc_train.data import (
     token_cache_path,
     tokenize_table,
 )
+from flaxenc_train.exchange import HostExchange
 from flaxenc_train.pipeline import BatchShape, PipelineOptions, build_pipeline, mixture_weights
 from flaxenc_train.prompts import check_prompts, column_prompts, prompt_lengths, with_prompts
-from flaxenc_train.sources import data_fingerprint, is_hub
+from flaxenc_train.sources import count_records, data_fingerprint, is_hub
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +89,23 @@ class StreamInput:
             options=options, seed=config.seed, process_index=jax.process_index(), process_count=processes,
             prompts=[(p, prompt_lengths(encoder, p)) if any(p) else None for p in prompts],
         )
-        self.steps_per_epoch = max(1, config.max_steps * config.optimizer.accumulation_steps)
+        if config.max_steps:
+            self.steps_per_epoch = max(1, config.max_steps * config.optimizer.accumulation_steps)
+        else:  # one dataset: an epoch is its records over the batch, counted (each process its own files)
+            self.rows = self._count_records(processes)
+            self.steps_per_epoch = max(1, self.rows // config.batch_size)
+
+    def _count_records(self, processes: int) -> int:
+        """The dataset's records over all processes (parquet from metadata; text formats with one pass)."""
+        (spec,), (files,) = self.specs, self.files
+        mine = count_records(spec, files)
+        logger.info("%s: %d records in this process's %d file(s)", spec.path, mine, len(files))
+        return int(sum(HostExchange(jax.process_index(), processes, namespace="flaxenc-count").gather(-1, "records", mine)))
 
     def _check(self, config: TrainConfig, losses: Sequence, devices: int) -> None:
         check_prompts(config)
-        if not config.max_steps:
-            raise ConfigError("max_steps: streamed data (a mixture, a glob of shards, a .gz file) has no epoch length; set max_steps")
+        if not config.max_steps and len(self.specs) > 1:
+            raise ConfigError("max_steps: a mixture of streamed datasets has no epoch length; set max_steps")
         if any(is_hub(spec) for spec in self.specs):
             raise ConfigError("data.train: streaming a hub dataset is not supported yet; download it and point path at its files")
         processes = jax.process_count()

@@ -71,7 +71,7 @@ class TrainingArguments:
     save_steps: int = 500
     save_total_limit: int = 2
     logging_steps: int = 10
-    # "no_duplicates" (ST's NoDuplicatesBatchSampler: the data is streamed, so set max_steps) or
+    # "no_duplicates" (ST's NoDuplicatesBatchSampler: the data is streamed) or
     # "batch_sampler"; None: no duplicates for losses with in-batch negatives where the data is streamed
     # (a dict of datasets), and ST's default batches for one in-memory dataset.
     batch_sampler: str | None = None
@@ -113,7 +113,7 @@ class Trainer:
                 packing=args.packing,
                 sampler=args.multi_dataset_batch_sampler,
                 no_duplicates=no_duplicates,
-                # Duplicate-free batches come from the streamed pipeline (which needs max_steps).
+                # Duplicate-free batches come from the streamed pipeline.
                 streaming=True if no_duplicates else None,
             ),
             loss=_loss_config(next(iter(self.losses.values()))),
