@@ -168,7 +168,7 @@ class Run:
             if config.data.no_duplicates:
                 # The in-memory table batches as ST's default sampler; only the streamed pipeline keeps texts unique.
                 raise ConfigError(
-                    "data.no_duplicates: true needs streamed input (data.streaming: true, with max_steps); an in-memory "
+                    "data.no_duplicates: true needs streamed input (data.streaming: true); an in-memory "
                     "table batches as ST's default sampler, where a text may occur twice in a batch"
                 )
             self.batches = TableInput(config, self.encoder, self.loss, self.mesh.size, self.output_dir / "cache")
