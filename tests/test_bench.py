@@ -68,3 +68,27 @@ def test_bench_writes_every_figure(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert "flaxenc/ST" in printed and "MFU" in printed
+
+
+def test_device_busy_share_is_the_union_of_the_gpu_kernels_over_the_traced_span(tmp_path):
+    """bench.device_idle reads the GPU's busy share off a Perfetto trace: overlapping kernels count once,
+    host events not at all."""
+    import gzip
+    import json
+
+    from bench.device_idle import busy_share
+
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 10},
+        {"ph": "X", "pid": 1, "tid": 2, "ts": 5, "dur": 10},  # overlaps the first: busy 0-15
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 30, "dur": 10},  # idle 15-30, busy 30-40
+        {"ph": "X", "pid": 2, "tid": 1, "ts": 0, "dur": 40},  # the host: not the device
+    ]
+    folder = tmp_path / "plugins" / "profile" / "run"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert busy_share(tmp_path) == 25 / 40
+    assert "no perfetto trace" in busy_share(tmp_path / "plugins" / "none")

@@ -25,8 +25,9 @@ import pytest
 from conftest import REPO
 from test_train_program import QUICKSTART, TINY_BERT, read_weights
 
+from flaxenc_train.chunks import text_key
 from flaxenc_train.config import DatasetConfig, load_config
-from flaxenc_train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset, text_key
+from flaxenc_train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset
 from flaxenc_train.sources import DataError
 from flaxenc_train.window_shuffle import WindowShuffle
 
@@ -356,3 +357,29 @@ def test_window_shuffle_permutes_each_window_and_resumes_anywhere():
         assert list(resumed) == expected[taken:]
     with pytest.raises(ValueError, match="earlier flaxenc"):
         iter(WindowShuffle(source, 16, seed=7)).set_state({"parent": {}, "window_index": 0})
+
+
+def test_what_grain_workers_run_loads_neither_flax_nor_torch(tmp_path, minilm_path):
+    """data.workers > 0: each worker is a fresh Python that unpickles a dataset's record and tokenizing
+    pipeline. It must need grain, numpy and tokenizers only (not flaxenc, flax, transformers, torch:
+    seconds and hundreds of MB per worker), and give the rows the main process gives."""
+    import cloudpickle
+    from transformers import AutoTokenizer
+
+    from flaxenc_train.chunks import row_chunks
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"anchor": f"question {i}", "positive": f"answer {i}"}) + "\n" for i in range(300)))
+    spec = DatasetConfig(path=str(path), text_columns=("anchor", "positive"), label_column=None)
+    chunks = row_chunks(spec, [str(path)], None, AutoTokenizer.from_pretrained(str(minilm_path)), 32, seed=0, shuffle=True,
+                        shuffle_window=64, skip_bad=False, with_keys=True, workers=0)
+    code = (
+        "import cloudpickle, json, sys\n"
+        "chunk = next(iter(cloudpickle.loads(sys.stdin.buffer.read())))\n"
+        "heavy = sorted(m for m in ('flaxenc', 'flax', 'optax', 'transformers', 'torch') if m in sys.modules)\n"
+        "print(json.dumps({'heavy': heavy, 'ids': [row['ids'] for row in chunk['rows']]}))\n"
+    )
+    worker = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(chunks), capture_output=True, check=True)
+    seen = json.loads(worker.stdout.decode().strip().splitlines()[-1])
+    assert seen["heavy"] == []
+    assert seen["ids"] == [row["ids"] for row in next(iter(chunks))["rows"]]

@@ -21,9 +21,9 @@ from test_training import compare
 
 import flaxenc
 from flaxenc.util import mine_hard_negatives
+from flaxenc_train.chunks import TokenizeChunk
 from flaxenc_train.config import ConfigError, load_config
 from flaxenc_train.loop import train
-from flaxenc_train.pipeline import TokenizeChunk
 from flaxenc_train.prompts import check_prompts, column_prompts, prompt_lengths
 
 STEPS, BATCH, MINI_BATCH, MAX_SEQ_LENGTH = 20, 8, 3, 48

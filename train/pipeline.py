@@ -17,7 +17,6 @@ continues with exactly the batches the interrupted run would have had.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 from collections.abc import Sequence
@@ -26,69 +25,13 @@ from typing import Any
 import grain
 import numpy as np
 
-from flaxenc.encoder import rust_tokenizer
 from flaxenc.packing import pack, pack_length
+from flaxenc_train.chunks import row_chunks
 from flaxenc_train.config import DatasetConfig
 from flaxenc_train.exchange import HostExchange
-from flaxenc_train.sources import DataError, RecordSource, count_records, process_files, shard_files
-from flaxenc_train.window_shuffle import WindowShuffle
+from flaxenc_train.sources import DataError, count_records, process_files, shard_files
 
-CHUNK = 256  # records tokenized in one call (the fast tokenizer's batch API)
 _MAX_DEFERRED = 16  # rows set aside per batch row before no_duplicates gives up
-
-
-def text_key(text: str) -> int:
-    """A stable 64-bit key of a text (Python's hash() differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
-
-
-class TokenizeChunk:
-    """A chunk of records -> {"rows": [{"ids", "label", "keys"}], "skipped": [messages]}; runs in the workers.
-
-    prompts: (each column's prompt or None, each column's prompt length in tokens), or None: the
-    prompts are prepended before tokenizing (the keys of no_duplicates stay those of the texts, as ST's
-    sampler compares the texts before its collator adds prompts) and each row gets a "prompt_length".
-    """
-
-    def __init__(self, tokenizer, max_length: int, with_keys: bool, prompts: tuple | None = None):
-        # The Rust tokenizer alone (picklable, so it goes to the workers): the transformers call's ids.
-        self.tokenizer, self.with_keys = rust_tokenizer(tokenizer, max_length), with_keys
-        self.prompts, self.prompt_lengths = prompts if prompts is not None else (None, None)
-
-    def __call__(self, records: Sequence[dict]) -> dict:
-        columns = len(records[0]["texts"])
-        prompts = self.prompts or (None,) * columns
-        ids = [
-            [e.ids for e in self.tokenizer.encode_batch_fast([(prompts[c] or "") + r["texts"][c] for r in records])]
-            for c in range(columns)
-        ]
-        rows = []
-        for i, record in enumerate(records):
-            row = {"ids": [ids[c][i] for c in range(columns)], "label": record["label"]}
-            if self.with_keys:
-                row["keys"] = [text_key(text) for text in record["texts"]]
-            if self.prompt_lengths is not None:
-                row["prompt_length"] = list(self.prompt_lengths)
-            rows.append(row)
-        return {"rows": rows, "skipped": [message for r in records for message in r["skipped"]]}
-
-
-def row_chunks(
-    spec: DatasetConfig, files: list[str], label_column: str | None, tokenizer, max_length: int, *, seed: int,
-    shuffle: bool, shuffle_window: int, skip_bad: bool, with_keys: bool, workers: int, prompts: tuple | None = None,
-) -> grain.IterDataset:
-    """Tokenized chunks of one dataset's records on this process (grain workers when workers > 0)."""
-    records: grain.IterDataset = RecordSource(spec, files, label_column, seed, shuffle, skip_bad)
-    if shuffle and shuffle_window > 1:
-        records = WindowShuffle(records, shuffle_window, seed)
-    chunks = records.batch(CHUNK, batch_fn=list).map(TokenizeChunk(tokenizer, max_length, with_keys, prompts))
-    if workers > 0:
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; flaxenc-train defines none
-            flags.FLAGS.mark_as_parsed()
-        chunks = chunks.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
-    return chunks
 
 
 class _Rows:

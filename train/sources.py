@@ -16,6 +16,7 @@ consumed in that file) is a small JSON dict, so grain checkpoints it with the mo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import gzip
 import hashlib
@@ -25,14 +26,15 @@ import math
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grain
 import numpy as np
 
-from flaxenc_train.config import DatasetConfig
+if TYPE_CHECKING:  # the config module loads flaxenc (jax, torch); grain's worker processes need none of it
+    from flaxenc_train.config import DatasetConfig
 
 # Records each process read from each file, for tests and the "records read" log line.
 RECORDS_READ: Counter = Counter()
@@ -236,12 +238,28 @@ def check_record(where: str, raw: Any, spec: DatasetConfig, label_column: str | 
 # -- the grain source ----------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """What reading a dataset's records needs of its DatasetConfig: sent to grain's worker processes
+    in its place, so that a worker imports this module and grain, not the config (which loads flaxenc)."""
+
+    path: str
+    format: str
+    header: bool
+    text_columns: Sequence[str]
+    label_scale: float
+
+    @classmethod
+    def of(cls, spec) -> SourceSpec:
+        return cls(spec.path, spec.format, spec.header, tuple(spec.text_columns), spec.label_scale)
+
+
 class RecordSource(grain.IterDataset):
     """Checked records of this process's files, epoch after epoch (file order reshuffled each epoch)."""
 
     def __init__(self, spec: DatasetConfig, files: list[str], label_column: str | None, seed: int, shuffle: bool, skip_bad: bool):
         super().__init__()
-        self.spec, self.files, self.label_column = spec, list(files), label_column
+        self.spec, self.files, self.label_column = SourceSpec.of(spec), list(files), label_column
         self.seed, self.shuffle, self.skip_bad = seed, shuffle, skip_bad
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
