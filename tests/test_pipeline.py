@@ -383,3 +383,86 @@ def test_what_grain_workers_run_loads_neither_flax_nor_torch(tmp_path, minilm_pa
     seen = json.loads(worker.stdout.decode().strip().splitlines()[-1])
     assert seen["heavy"] == []
     assert seen["ids"] == [row["ids"] for row in next(iter(chunks))["rows"]]
+
+
+# -- a hub dataset, streamed -----------------------------------------------------------------------
+
+
+def _hub_folder(folder: Path, shards: int = 4, size: int = 40) -> list[str]:
+    """A dataset repository as the hub serves one (data/train-*.jsonl), read offline from its folder by the
+    same `datasets.load_dataset(path, streaming=True)` call that streams a hub name online."""
+    (folder / "data").mkdir(parents=True)
+    anchors = []
+    for shard in range(shards):
+        with open(folder / "data" / f"train-{shard:05d}-of-{shards:05d}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(size):
+                anchors.append(f"question {shard}-{i} about topic {i % 7}")
+                f.write(json.dumps({"anchor": anchors[-1], "positive": f"answer {shard}-{i}"}) + "\n")
+    return anchors
+
+
+def _anchors(source, count: int) -> list[str]:
+    iterator = iter(source)
+    return [next(iterator)["texts"][0] for _ in range(count)]
+
+
+def test_a_hub_dataset_streams_each_process_and_worker_its_own_part(tmp_path):
+    from flaxenc_train.sources import RecordSource, count_records, shard_files
+
+    anchors = _hub_folder(tmp_path / "hub")
+    spec = DatasetConfig(path=str(tmp_path / "hub"), format="hub", text_columns=("anchor", "positive"), label_column=None)
+    files = shard_files(spec)
+    assert count_records(spec, files, 0) == 160 and count_records(spec, files, 1) == 0  # summed over processes
+    parts = [_anchors(RecordSource(spec, files, None, 0, False, False, process=(p, 2)), 80) for p in range(2)]
+    assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(anchors)
+    second_epoch = _anchors(RecordSource(spec, files, None, 0, False, False, process=(1, 2)), 160)[80:]
+    assert second_epoch == parts[1]  # epoch after epoch, the same part
+    worker = RecordSource(spec, files, None, 0, False, False, process=(1, 2))
+    worker.set_slice(slice(1, None, 2))  # grain's worker 1 of 2 on process 1
+    assert set(_anchors(worker, 40)) < set(parts[1])
+
+
+def test_flaxenc_train_streams_a_hub_dataset(tmp_path):
+    from flaxenc_train.loop import train
+
+    _hub_folder(tmp_path / "hub")
+    overrides = mixture_overrides([], tmp_path / "run", "max_steps=0", "epochs=2", "data.streaming=true")
+    overrides = [o for o in overrides if not o.startswith("data.train=")] + [
+        f"data.train={{path: '{tmp_path / 'hub'}', format: hub, text_columns: [anchor, positive], label_column: null}}"
+    ]
+    summary = train(load_config(QUICKSTART, overrides), progress=False)
+    assert summary.steps == 2 * 160 // 16  # the stream's records counted: 2 epochs of 10 batches
+
+
+def test_workers_are_split_over_a_mixture_by_weight_and_resume_exactly(mixture):
+    """data.workers is the number of grain worker processes of a training process, whatever the datasets:
+    shared out by weight, at most one per file; a dataset given none is read in the training process."""
+    from flaxenc_train.pipeline import worker_shares
+
+    assert worker_shares([0.5, 0.3, 0.2], 4, [2, 2, 2]) == [2, 1, 1]
+    assert worker_shares([0.5, 0.3, 0.2], 2, [2, 2, 2]) == [1, 1, 0]
+    assert worker_shares([0.5, 0.3, 0.2], 9, [2, 2, 2]) == [2, 2, 2]  # one worker per file at most
+    assert worker_shares([1.0], 3, [1 << 30]) == [3]
+    specs = [DatasetConfig(path=p, text_columns=("anchor", "positive"), label_column=None, weight=w)
+             for p, w in zip(mixture, WEIGHTS)]
+    options = dict(no_duplicates=True, workers=2, shuffle_window=8)
+
+    def ids(batch):
+        return [column["input_ids"].tolist() for column in batch["columns"]]
+
+    iterator = _pipeline(specs, **options)
+    for _ in range(5):
+        next(iterator)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = [(d, ids(batch)) for d, batch, _ in (next(iterator) for _ in range(20))]
+    iterator.close()
+    assert [stream["workers"] for stream in state["streams"]] == [1, 1, 0]
+    resumed = _pipeline(specs, **options)
+    resumed.set_state(state)
+    assert [(d, ids(batch)) for d, batch, _ in (next(resumed) for _ in range(20))] == expected
+    resumed.close()
+    state["streams"][2]["workers"] = 1  # a position taken with another share of workers
+    other = _pipeline(specs, **options)
+    with pytest.raises(DataError, match="1 grain worker.* gives it 0"):
+        other.set_state(state)
+    other.close()

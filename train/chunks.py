@@ -61,9 +61,12 @@ class TokenizeChunk:
 def row_chunks(
     spec, files: list[str], label_column: str | None, tokenizer, max_length: int, *, seed: int,
     shuffle: bool, shuffle_window: int, skip_bad: bool, with_keys: bool, workers: int, prompts: tuple | None = None,
+    process: tuple[int, int] = (0, 1), buffer_rows: int = 0,
 ) -> grain.IterDataset:
-    """Tokenized chunks of one dataset's records on this process (grain workers when workers > 0)."""
-    records: grain.IterDataset = RecordSource(spec, files, label_column, seed, shuffle, skip_bad)
+    """Tokenized chunks of one dataset's records on this process (grain workers when workers > 0);
+    process: (index, count), which part of a hub dataset's stream is this process's; buffer_rows: rows
+    the workers keep ready (at least 2 chunks each), so that a batch drawn from this dataset finds them."""
+    records: grain.IterDataset = RecordSource(spec, files, label_column, seed, shuffle, skip_bad, process)
     if shuffle and shuffle_window > 1:
         records = WindowShuffle(records, shuffle_window, seed)
     chunks = records.batch(CHUNK, batch_fn=list).map(TokenizeChunk(tokenizer, max_length, with_keys, prompts))
@@ -72,5 +75,6 @@ def row_chunks(
 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; flaxenc-train defines none
             flags.FLAGS.mark_as_parsed()
-        chunks = chunks.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+        buffer = max(2, -(-buffer_rows // (CHUNK * workers)))
+        chunks = chunks.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))
     return chunks

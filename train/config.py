@@ -131,8 +131,9 @@ class DataConfig:
     # Skip records that cannot be used (a missing column, an empty text, a bad label or line),
     # counted and logged, instead of stopping with an error naming the first.
     skip_bad_records: bool = False
-    # grain worker processes per dataset that read and tokenize (0: in the training process).
-    # The record order depends on it, so a resumed run must keep it.
+    # grain worker processes that read and tokenize, per training process (0: in the training process),
+    # shared out over a mixture's datasets by weight, at most one per file; a dataset given none is
+    # read in the training process. The record order depends on it, so a resumed run must keep it.
     workers: int = _field(0, allowed=NON_NEGATIVE)
     # Batches prepared ahead of the device.
     prefetch: int = _field(2, allowed=AT_LEAST_ONE, resume=False)

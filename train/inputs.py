@@ -35,7 +35,7 @@ from flaxenc_train.data import (
 from flaxenc_train.exchange import HostExchange
 from flaxenc_train.pipeline import BatchShape, PipelineOptions, build_pipeline, mixture_weights
 from flaxenc_train.prompts import check_prompts, column_prompts, prompt_lengths, with_prompts
-from flaxenc_train.sources import count_records, data_fingerprint, is_hub
+from flaxenc_train.sources import count_records, data_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class StreamInput:
     def _count_records(self, processes: int) -> int:
         """The dataset's records over all processes (parquet from metadata; text formats with one pass)."""
         (spec,), (files,) = self.specs, self.files
-        mine = count_records(spec, files)
+        mine = count_records(spec, files, jax.process_index())
         logger.info("%s: %d records in this process's %d file(s)", spec.path, mine, len(files))
         return int(sum(HostExchange(jax.process_index(), processes, namespace="flaxenc-count").gather(-1, "records", mine)))
 
@@ -106,8 +106,6 @@ class StreamInput:
         check_prompts(config)
         if not config.max_steps and len(self.specs) > 1:
             raise ConfigError("max_steps: a mixture of streamed datasets has no epoch length; set max_steps")
-        if any(is_hub(spec) for spec in self.specs):
-            raise ConfigError("data.train: streaming a hub dataset is not supported yet; download it and point path at its files")
         processes = jax.process_count()
         if config.batch_size % (processes * max(1, devices // processes)):
             raise ConfigError(f"batch_size: {config.batch_size} does not split evenly over {devices} devices of {processes} process(es)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,15 +30,20 @@ from flaxenc.packing import pack, pack_length
 from flaxenc_train.chunks import row_chunks
 from flaxenc_train.config import DatasetConfig
 from flaxenc_train.exchange import HostExchange
-from flaxenc_train.sources import DataError, count_records, process_files, shard_files
+from flaxenc_train.sources import DataError, count_records, is_hub, process_files, shard_files
 
+logger = logging.getLogger(__name__)
 _MAX_DEFERRED = 16  # rows set aside per batch row before no_duplicates gives up
 
 
 class _Rows:
     """One row at a time from a chunk iterator; state: the chunk iterator before the current chunk, rows taken."""
 
-    def __init__(self, chunks: grain.IterDataset):
+    def __init__(self, chunks: grain.IterDataset, workers: int = 0, saved_without_count: int | None = None):
+        """workers: the grain workers reading this dataset; saved_without_count: their number in a state saved
+        before states recorded it (data.workers, then per dataset)."""
+        self.workers = workers
+        self._legacy_workers = workers if saved_without_count is None else saved_without_count
         self._iterator = iter(chunks)
         self._before = self._iterator.get_state()
         self._chunk: dict | None = None
@@ -55,9 +61,17 @@ class _Rows:
         return self._chunk["rows"][self._taken - 1]
 
     def get_state(self) -> dict:
-        return {"chunks": self._before, "taken": self._taken, "skipped": self.skipped, "first_skipped": self.first_skipped}
+        return {"chunks": self._before, "taken": self._taken, "skipped": self.skipped, "first_skipped": self.first_skipped,
+                "workers": self.workers}
 
     def set_state(self, state: dict) -> None:
+        saved = state.get("workers", self._legacy_workers)
+        if saved != self.workers:  # the record order depends on it
+            raise DataError(
+                f"the checkpoint's input position was taken with {saved} grain worker(s) on this dataset and this run "
+                f"gives it {self.workers} (data.workers is now split over a mixture's datasets by weight; README, "
+                "Decisions): resume with the data.workers and flaxenc that wrote it, or start the run afresh"
+            )
         self._iterator.set_state(state["chunks"])
         self._before, self._chunk, self._taken = state["chunks"], None, 0
         if state["taken"]:
@@ -258,6 +272,19 @@ def mixture_weights(specs: Sequence[DatasetConfig], sampler: str, sizes: Sequenc
     return weights
 
 
+def worker_shares(weights: Sequence[float], workers: int, caps: Sequence[int]) -> list[int]:
+    """`data.workers` split over the datasets by weight (D'Hondt: each next worker to the dataset with the most
+    weight per worker it would have), a dataset at most `caps[d]` (one per file). A dataset given none is read
+    and tokenized in the training process: a mixture of D datasets starts `workers` processes, not D x workers."""
+    shares = [0] * len(weights)
+    for _ in range(workers):
+        open_ = [d for d in range(len(weights)) if shares[d] < caps[d]]
+        if not open_:
+            break
+        shares[max(open_, key=lambda d: weights[d] / (shares[d] + 1))] += 1
+    return shares
+
+
 def build_pipeline(
     specs: Sequence[DatasetConfig], label_columns: Sequence[str | None], tokenizer, max_length: int, *,
     global_batch: int, shape: BatchShape, options: PipelineOptions, seed: int, process_index: int, process_count: int,
@@ -270,23 +297,31 @@ def build_pipeline(
     prompts = list(prompts) if prompts is not None else [None] * len(specs)
     exchange = HostExchange(process_index, process_count)
     files = [shard_files(spec) for spec in specs]
-    local = [process_files(f, process_index, process_count, spec.path) for f, spec in zip(files, specs)]
+    # A hub dataset is one stream that every process reads its part of; files go to processes whole.
+    local = [f if is_hub(spec) else process_files(f, process_index, process_count, spec.path) for f, spec in zip(files, specs)]
     sizes = None
     if options.sampler == "proportional":
-        mine = [count_records(spec, f) for spec, f in zip(specs, local)]
+        mine = [count_records(spec, f, process_index) for spec, f in zip(specs, local)]
         sizes = np.sum(exchange.gather(-1, "sizes", mine), axis=0).tolist()
     weights = mixture_weights(specs, options.sampler, sizes)
+    caps = [1 << 30 if is_hub(spec) else len(f) for spec, f in zip(specs, local)]  # a worker needs a file of its own
+    workers = worker_shares(weights, options.workers, caps)
+    if sum(workers) < options.workers:
+        logger.warning("data.workers: %d asked, %d started: the datasets have only %s file(s) on this process",
+                       options.workers, sum(workers), caps)
+    local_batch = global_batch // process_count
     streams = [
         _Rows(row_chunks(
             spec, f, label, tokenizer, max_length, seed=seed + 1000 * i, shuffle=options.shuffle,
             shuffle_window=options.shuffle_window, skip_bad=options.skip_bad_records,
-            with_keys=options.no_duplicates, workers=options.workers, prompts=dataset_prompts,
-        ))
+            with_keys=options.no_duplicates, workers=workers[i], prompts=dataset_prompts,
+            process=(process_index, process_count), buffer_rows=2 * local_batch,
+        ), workers[i], saved_without_count=options.workers)
         for i, (spec, f, label, dataset_prompts) in enumerate(zip(specs, local, label_columns, prompts))
     ]
     batches = GlobalBatches(
         streams, weights, policy=options.policy, sampler=options.sampler, seed=seed,
-        local_batch=global_batch // process_count, shape=shape, no_duplicates=options.no_duplicates,
+        local_batch=local_batch, shape=shape, no_duplicates=options.no_duplicates,
         exchange=exchange, labels=[label is not None for label in label_columns],
     )
     return grain.experimental.ThreadPrefetchDatasetIterator(batches, options.prefetch), local

@@ -48,6 +48,8 @@ class DataError(ValueError):
 
 def stream_format(spec: DatasetConfig, path: str) -> str:
     """jsonl, csv, tsv, parquet or hub for one file (a trailing .gz is looked through)."""
+    if is_hub(spec):
+        return "hub"
     fmt = spec.format.lower()
     if fmt:
         return {"json": "jsonl"}.get(fmt, fmt)
@@ -68,7 +70,10 @@ def is_hub(spec: DatasetConfig) -> bool:
 
 
 def shard_files(spec: DatasetConfig) -> list[str]:
-    """The dataset's files, sorted: every process sees the same list."""
+    """The dataset's files, sorted: every process sees the same list. A hub dataset is one stream, its
+    name, which each process reads a part of (`RecordSource`)."""
+    if is_hub(spec):
+        return [spec.path]
     files = sorted(glob.glob(spec.path)) if glob.has_magic(spec.path) else [spec.path]
     files = [f for f in files if os.path.isfile(f)]
     if not files:
@@ -104,8 +109,11 @@ def data_fingerprint(spec: DatasetConfig) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def count_records(spec: DatasetConfig, files: list[str]) -> int:
-    """Records in `files` (parquet: from its metadata; text formats: a streamed pass, memory flat)."""
+def count_records(spec: DatasetConfig, files: list[str], process_index: int = 0) -> int:
+    """Records in `files` (parquet: from its metadata; text formats: a streamed pass, memory flat); of a hub
+    dataset, all its records for process 0 (a streamed pass) and none for the others, whose counts are summed."""
+    if is_hub(spec):
+        return 0 if process_index else sum(1 for _ in _read_hub(SourceSpec.of(spec), ()))
     total = 0
     for path in files:
         fmt = stream_format(spec, path)
@@ -187,11 +195,28 @@ def _read_parquet(path: str, columns: list[str]) -> Iterator[tuple[str, Any]]:
             number += 1
 
 
-def read_file(spec: DatasetConfig, path: str, columns: list[str]) -> Iterator[tuple[str, Any]]:
-    """(where, raw record or DataError) for each record of one file; file-level damage raises DataError."""
+def _read_hub(spec: SourceSpec, parts: Sequence[tuple[int, int]]) -> Iterator[tuple[str, Any]]:
+    """A hub dataset's split, streamed with `datasets`; each (rank, world) of `parts` (process, then
+    grain worker) keeps its share: whole shards where they divide evenly, else every world-th record."""
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    stream = datasets.load_dataset(spec.path, spec.name, split=spec.split, streaming=True)
+    for rank, world in parts:
+        if world > 1:
+            stream = split_dataset_by_node(stream, rank=rank, world_size=world)
+    for number, record in enumerate(stream, 1):
+        yield f"{spec.path} ({spec.split}), record {number}", record
+
+
+def read_file(spec: DatasetConfig, path: str, columns: list[str], parts: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[str, Any]]:
+    """(where, raw record or DataError) for each record of one file, or of this part of a hub dataset;
+    file-level damage raises DataError."""
     fmt = stream_format(spec, path)
     try:
-        if fmt == "jsonl":
+        if fmt == "hub":
+            yield from _read_hub(spec, parts)
+        elif fmt == "jsonl":
             yield from _read_jsonl(path)
         elif fmt in ("csv", "tsv"):
             yield from _read_delimited(path, fmt == "tsv", spec.header)
@@ -248,22 +273,32 @@ class SourceSpec:
     header: bool
     text_columns: Sequence[str]
     label_scale: float
+    name: str | None = None
+    split: str = "train"
 
     @classmethod
     def of(cls, spec) -> SourceSpec:
-        return cls(spec.path, spec.format, spec.header, tuple(spec.text_columns), spec.label_scale)
+        return cls(spec.path, spec.format, spec.header, tuple(spec.text_columns), spec.label_scale, spec.name, spec.split)
 
 
 class RecordSource(grain.IterDataset):
     """Checked records of this process's files, epoch after epoch (file order reshuffled each epoch)."""
 
-    def __init__(self, spec: DatasetConfig, files: list[str], label_column: str | None, seed: int, shuffle: bool, skip_bad: bool):
+    def __init__(self, spec: DatasetConfig, files: list[str], label_column: str | None, seed: int, shuffle: bool, skip_bad: bool,
+                 process: tuple[int, int] = (0, 1)):
+        """process: (index, count), for a hub dataset, which every process streams its part of."""
         super().__init__()
         self.spec, self.files, self.label_column = SourceSpec.of(spec), list(files), label_column
         self.seed, self.shuffle, self.skip_bad = seed, shuffle, skip_bad
+        self.hub = is_hub(spec)
+        self.parts = [process] if self.hub else []
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-        """grain's worker processes: worker w of W reads files w, w + W, ... of this process's."""
+        """grain's worker processes: worker w of W reads files w, w + W, ... of this process's (of a hub
+        dataset, its part of this process's stream)."""
+        if self.hub:
+            self.parts = [*self.parts, (sl.start or 0, sl.step or 1)]
+            return
         sliced = self.files[sl]
         if not sliced:
             raise DataError(f"{self.spec.path}: fewer files ({len(self.files)}) on this process than data.workers; lower workers or split the data")
@@ -292,7 +327,7 @@ class _RecordIterator(grain.DatasetIterator):
     def _open(self) -> None:
         path = self._order(self._state["epoch"])[self._state["file"]]
         columns = [*self._source.spec.text_columns, *([self._source.label_column] if self._source.label_column else [])]
-        self._records = read_file(self._source.spec, path, columns)
+        self._records = read_file(self._source.spec, path, columns, self._source.parts)
         for _ in range(self._state["record"]):  # a restored position: skip what was consumed
             next(self._records)
 
