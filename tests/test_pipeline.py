@@ -437,6 +437,9 @@ def test_flaxenc_train_streams_a_hub_dataset(tmp_path):
 def test_workers_are_split_over_a_mixture_by_weight_and_resume_exactly(mixture):
     """data.workers is the number of grain worker processes of a training process, whatever the datasets:
     shared out by weight, at most one per file; a dataset given none is read in the training process."""
+    import gc
+
+    from flaxenc_train.chunks import GC_FIRST_THRESHOLD
     from flaxenc_train.pipeline import worker_shares
 
     assert worker_shares([0.5, 0.3, 0.2], 4, [2, 2, 2]) == [2, 1, 1]
@@ -451,6 +454,7 @@ def test_workers_are_split_over_a_mixture_by_weight_and_resume_exactly(mixture):
         return [column["input_ids"].tolist() for column in batch["columns"]]
 
     iterator = _pipeline(specs, **options)
+    assert gc.get_threshold()[0] >= GC_FIRST_THRESHOLD  # here; the workers run fewer_collections at start
     for _ in range(5):
         next(iterator)
     state = json.loads(json.dumps(iterator.get_state()))

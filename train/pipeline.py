@@ -27,7 +27,7 @@ import grain
 import numpy as np
 
 from flaxenc.packing import pack, pack_length
-from flaxenc_train.chunks import row_chunks
+from flaxenc_train.chunks import fewer_collections, row_chunks
 from flaxenc_train.config import DatasetConfig
 from flaxenc_train.exchange import HostExchange
 from flaxenc_train.sources import DataError, count_records, is_hub, process_files, shard_files
@@ -294,6 +294,7 @@ def build_pipeline(
 
     prompts: per dataset, None or (each column's prompt or None, each column's prompt length).
     """
+    fewer_collections()
     prompts = list(prompts) if prompts is not None else [None] * len(specs)
     exchange = HostExchange(process_index, process_count)
     files = [shard_files(spec) for spec in specs]
