@@ -2,7 +2,8 @@
 
     python -m bench [--quick | --full] [--only host|encode|train|search] [--json PATH] [overrides ...]
 
-Prints the report and writes every figure to JSON (default bench/results/<host>-<date>.json).
+Prints the report and writes every figure to JSON (default bench/results/<host>-<date>.json), rewritten
+after each setting, so that a run stopped midway keeps what it measured.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import platform
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,20 +89,17 @@ def run_host(settings: Settings, folders: ModelFolders) -> dict:
     return result
 
 
-def run_encode(settings: Settings, folders: ModelFolders) -> list[dict]:
-    cells = []
+def run_encode(settings: Settings, folders: ModelFolders) -> Iterator[dict]:
     for model in settings.models:
         sentences = stsb_sentences(settings.sentences_for(model))
         for dtype in settings.encode_dtypes_for(model):
             for batch_size in settings.encode_batch_sizes:
                 label = f"encode {model} {dtype} batch {batch_size}"
                 figures = _guarded(label, measure_encode, folders.get(model), sentences, dtype, batch_size, settings.repeats)
-                cells.append({"model": model, "dtype": dtype, "batch_size": batch_size, **figures})
-    return cells
+                yield {"model": model, "dtype": dtype, "batch_size": batch_size, **figures}
 
 
-def run_train(settings: Settings, folders: ModelFolders) -> list[dict]:
-    cells = []
+def run_train(settings: Settings, folders: ModelFolders) -> Iterator[dict]:
     pairs = stsb_train_pairs()
     for model in settings.models:
         folder = folders.get(model)
@@ -110,7 +109,7 @@ def run_train(settings: Settings, folders: ModelFolders) -> list[dict]:
             for dtype in settings.train_dtypes:
                 label = f"train {model} {COSINE.name} {dtype} batch {batch_size}"
                 figures = _guarded(label, measure_train, folder, COSINE, dtype, batches, settings.repeats)
-                cells.append({"model": model, "objective": COSINE.name, "tokens": "STS-B", "dtype": dtype, **figures})
+                yield {"model": model, "objective": COSINE.name, "tokens": "STS-B", "dtype": dtype, **figures}
 
     if settings.recipe2_size:
         model = f"recipe2-roberta-{settings.recipe2_size}"
@@ -121,8 +120,7 @@ def run_train(settings: Settings, folders: ModelFolders) -> list[dict]:
                 label = f"train {model} {CONTRASTIVE.name} {dtype} {length} tokens batch {settings.recipe2_batch_size}"
                 figures = _guarded(label, measure_train, folder, CONTRASTIVE, dtype, batches, settings.repeats,
                                    fixed_length=length, peak_flops=environment.peak_bf16_flops())
-                cells.append({"model": model, "objective": CONTRASTIVE.name, "tokens": f"{length} fixed", "dtype": dtype,
-                              **figures})
+                yield {"model": model, "objective": CONTRASTIVE.name, "tokens": f"{length} fixed", "dtype": dtype, **figures}
         # The recipe on its own data: MRPC pairs (sentences of ~10-60 tokens), max_seq_length 1280.
         tokenize = flaxenc.SentenceEncoder.from_pretrained(folder).tokenize
         batch_size = settings.recipe2_mrpc_batch_size
@@ -130,8 +128,7 @@ def run_train(settings: Settings, folders: ModelFolders) -> list[dict]:
         for dtype in settings.train_dtypes:
             label = f"train {model} {CONTRASTIVE.name} {dtype} MRPC batch {batch_size}"
             figures = _guarded(label, measure_train, folder, CONTRASTIVE, dtype, batches, settings.repeats)
-            cells.append({"model": model, "objective": CONTRASTIVE.name, "tokens": "MRPC", "dtype": dtype, **figures})
-    return cells
+            yield {"model": model, "objective": CONTRASTIVE.name, "tokens": "MRPC", "dtype": dtype, **figures}
 
 
 def run_mfu(settings: Settings, folders: ModelFolders) -> dict:
@@ -147,7 +144,9 @@ def run_mfu(settings: Settings, folders: ModelFolders) -> dict:
     return {"model": model, "peak_flops": peak, **figures}
 
 
-def run(settings: Settings, command: list[str]) -> dict:
+def run(settings: Settings, command: list[str], save: Callable[[dict], None] = lambda results: None) -> dict:
+    """The figures of settings' sections; `save(results)` after each section and each encode or train
+    setting, so that a run stopped midway (a time-boxed GPU lease) keeps what it measured."""
     now = datetime.datetime.now()
     results = {
         "host": platform.node(),
@@ -163,10 +162,14 @@ def run(settings: Settings, command: list[str]) -> dict:
         folders = ModelFolders(Path(root))
         if "host" in settings.sections:
             results["host_side"] = run_host(settings, folders)
-        if "encode" in settings.sections:
-            results["encode"] = run_encode(settings, folders)
+            save(results)
+        for section, cells in (("encode", run_encode), ("train", run_train)):
+            if section in settings.sections:
+                results[section] = []
+                for cell in cells(settings, folders):
+                    results[section].append(cell)
+                    save(results)
         if "train" in settings.sections:
-            results["train"] = run_train(settings, folders)
             results["mfu"] = run_mfu(settings, folders)
     if "search" in settings.sections:
         label = f"semantic_search {settings.search_queries} queries over {settings.search_corpus} x {settings.search_dim}"
@@ -265,13 +268,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings, json_path = parse_args(argv)
-    results = run(settings, argv)
+    if json_path is None:
+        json_path = RESULTS / f"{platform.node()}-{datetime.datetime.now().isoformat(timespec='minutes').replace(':', '')}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(results: dict) -> None:
+        json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+
+    results = run(settings, argv, save)
+    save(results)
     print()
     print(report(results))
-    if json_path is None:
-        json_path = RESULTS / f"{results['host']}-{results['date'][:16].replace(':', '')}.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"\nfigures written to {json_path}")
     host = results.get("host_side", {})
     cells = results.get("encode", []) + results.get("train", []) + host.get("cells", []) + results.get("search", [])

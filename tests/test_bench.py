@@ -92,3 +92,17 @@ def test_device_busy_share_is_the_union_of_the_gpu_kernels_over_the_traced_span(
         json.dump({"traceEvents": events}, f)
     assert busy_share(tmp_path) == 25 / 40
     assert "no perfetto trace" in busy_share(tmp_path / "plugins" / "none")
+
+
+def test_bench_saves_its_figures_after_each_setting(tmp_path):
+    """A run cut short (a time-boxed GPU lease) keeps every setting it finished: run() hands the results
+    to `save` after each one."""
+    from bench.cli import parse_args, run
+
+    read_stsb("train")
+    settings, _ = parse_args(["--only", "encode", "--models", "tiny", "--sentences", "16", "--dtypes", "float32",
+                              "--batch-sizes", "4,8", "--repeats", "1"])
+    snapshots = []
+    results = run(settings, [], lambda results: snapshots.append(json.dumps(results, default=str)))
+    assert [len(json.loads(s)["encode"]) for s in snapshots] == [1, 2]
+    assert json.loads(snapshots[-1])["encode"] == json.loads(json.dumps(results["encode"], default=str))
