@@ -470,3 +470,27 @@ def test_workers_are_split_over_a_mixture_by_weight_and_resume_exactly(mixture):
     with pytest.raises(DataError, match="1 grain worker.* gives it 0"):
         other.set_state(state)
     other.close()
+
+
+def test_a_hub_dataset_streams_through_grain_workers_and_resumes(tmp_path):
+    """With data.workers, each worker streams its part of the process's part (split_dataset_by_node in the
+    worker): the first chunks of the two workers hold distinct records, and a saved position resumes to
+    the same batches."""
+    _hub_folder(tmp_path / "hub", shards=4, size=300)  # 600 records a worker: its first two chunks of 256 hold no repeat
+    spec = DatasetConfig(path=str(tmp_path / "hub"), format="hub", text_columns=("anchor", "positive"), label_column=None)
+    options = dict(no_duplicates=False, workers=2, shuffle=False)
+
+    def anchors(iterator, batches):
+        return [tuple(t for t in row if t) for _, b, _ in (next(iterator) for _ in range(batches))
+                for row in b["columns"][0]["input_ids"].tolist()]
+
+    iterator = _pipeline([spec], **options)
+    first = anchors(iterator, 128)  # 512 rows: a chunk of each worker, then the next of each
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = anchors(iterator, 128)
+    iterator.close()
+    assert len(set(first + expected)) == 1024  # the two workers' parts do not overlap
+    resumed = _pipeline([spec], **options)
+    resumed.set_state(state)
+    assert anchors(resumed, 128) == expected
+    resumed.close()
