@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import gzip
+import itertools
 import json
 import os
 import tempfile
@@ -73,10 +74,9 @@ def _steps(run, batches) -> tuple[float, float]:
 
 
 def _take(run, count: int, keep: list | None = None):
-    """`count` (step, loss index, batch) from the run's pipeline, as StreamInput.batches gives them."""
-    for _ in range(count):
-        dataset, batch, _ = next(run.batches.iterator)
-        item = (0, run.batches.loss_index[max(dataset, 0)], batch)
+    """`count` (step, loss index, batch) from the run's pipeline where it stands (StreamInput.batches),
+    each also added to `keep`."""
+    for item in itertools.islice(run.batches.batches(0), count):
         if keep is not None:
             keep.append(item)
         yield item

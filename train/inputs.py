@@ -96,7 +96,8 @@ class StreamInput:
             self.steps_per_epoch = max(1, self.rows // config.batch_size)
 
     def _count_records(self, processes: int) -> int:
-        """The dataset's records over all processes (parquet from metadata; text formats with one pass)."""
+        """The dataset's records over all processes (parquet from metadata; text formats with one pass; a hub
+        dataset with one pass on process 0)."""
         (spec,), (files,) = self.specs, self.files
         mine = count_records(spec, files, jax.process_index())
         logger.info("%s: %d records in this process's %d file(s)", spec.path, mine, len(files))
