@@ -1,9 +1,10 @@
 """The input pipeline alone, on one host core: pairs/s against the fast tokenizer's own, and host memory.
 
-    python -m bench.pipeline [--pairs 20000] [--rss-pairs 10000000] [--workers 0,1,2] [--sections one-core,workers,rss]
-                             [--json PATH]
+    python -m bench.pipeline [--pairs 20000] [--repeats 5] [--rss-pairs 10000000] [--workers 0,1,2]
+                             [--sections one-core,workers,rss] [--json PATH]
 
-Side by side, pinned to one core (tokenizer threads off): the MiniLM fast tokenizer on the pairs
+Side by side, pinned to one core (tokenizer threads off), in turn --repeats times (the ratio is the
+median of each turn's): the MiniLM fast tokenizer on the pairs
 (the Rust tokenizer's encode_batch_fast on both texts, batches of 256, as the pipeline calls it; and
 for reference the transformers tokenizer call, which adds a Python conversion per text), then
 flaxenc's streamed pipeline on the same pairs written as a jsonl.gz (read, check, shuffle,
@@ -23,6 +24,7 @@ import gzip
 import json
 import os
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -123,7 +125,7 @@ def assembly_pairs_per_second(tokenizer, pairs, max_length: int, batch: int = 10
     from flaxenc_train.pipeline import BatchShape, GlobalBatches, _Rows
 
     tokenize = TokenizeChunk(tokenizer, max_length, with_keys=True)
-    chunks = [tokenize([{"texts": list(p), "label": None, "skipped": []} for p in pairs[i : i + 256]])
+    chunks = [tokenize({"texts": [list(column) for column in zip(*pairs[i : i + 256])], "labels": None, "skipped": []})
               for i in range(0, len(pairs), 256)]
     stream = _Rows(grain.MapDataset.source(chunks).to_iter_dataset())
     batches = GlobalBatches(
@@ -171,6 +173,7 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=20_000)
     parser.add_argument("--rss-pairs", type=int, default=10_000_000)
     parser.add_argument("--rss-steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5, help="tokenizer and pipeline passes, in turn (one core)")
     parser.add_argument("--workers", default="0,1,2", help="worker counts for the scaling pass on all cores")
     parser.add_argument("--sections", default="one-core,workers,rss", help="which passes to run, of one-core,workers,rss")
     parser.add_argument("--json", default=None)
@@ -186,12 +189,16 @@ def main(argv=None) -> None:
             for name, pairs, max_length in (("stsb_like", _pairs_stsb(args.pairs), 128), ("recipe2_long", _pairs_long(args.pairs // 4), 512)):
                 path = Path(tmp) / f"{name}.jsonl.gz"
                 _write(path, pairs)
-                alone = tokenizer_pairs_per_second(tokenizer, pairs, max_length)
+                alone, whole = [], []
+                for _ in range(args.repeats):  # in turn: the core's speed drifts over a run, and both see the same
+                    alone.append(tokenizer_pairs_per_second(tokenizer, pairs, max_length))
+                    whole.append(pipeline_pairs_per_second([path], tokenizer, len(pairs), max_length))
                 call = transformers_pairs_per_second(tokenizer, pairs, max_length)
-                whole = pipeline_pairs_per_second([path], tokenizer, len(pairs), max_length)
                 assembly = assembly_pairs_per_second(tokenizer, pairs, max_length, min(1024, len(pairs) // 4))
-                results[name] = {"pairs": len(pairs), "tokenizer_pairs_s": round(alone), "transformers_call_pairs_s": round(call),
-                                 "pipeline_pairs_s": round(whole), "ratio": round(whole / alone, 3),
+                results[name] = {"pairs": len(pairs), "tokenizer_pairs_s": round(statistics.median(alone)),
+                                 "transformers_call_pairs_s": round(call), "pipeline_pairs_s": round(statistics.median(whole)),
+                                 "ratio": round(statistics.median(w / a for w, a in zip(whole, alone)), 3),
+                                 "ratios": [round(w / a, 3) for w, a in zip(whole, alone)],
                                  "main_process_assembly_pairs_s": round(assembly)}
                 print(name, results[name], flush=True)
             os.sched_setaffinity(0, all_cores)

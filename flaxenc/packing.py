@@ -131,8 +131,8 @@ def write_rows(
 
 def token_index(first_slot: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
     """[B, width] int32: where each token of each sentence sits in the packed rows; padding points at slot 0."""
-    positions = np.arange(width)
-    return np.where(positions < lengths[:, None], first_slot[:, None] + positions, 0).astype(np.int32)
+    positions = np.arange(width, dtype=np.int32)
+    return np.where(positions < lengths[:, None], first_slot.astype(np.int32)[:, None] + positions, 0).astype(np.int32, copy=False)
 
 
 def pack(

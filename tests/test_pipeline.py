@@ -29,7 +29,6 @@ from flaxenc_train.chunks import text_key
 from flaxenc_train.config import DatasetConfig, load_config
 from flaxenc_train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset
 from flaxenc_train.sources import DataError
-from flaxenc_train.window_shuffle import WindowShuffle
 
 WORKER = Path(__file__).with_name("pipeline_worker.py")
 WEIGHTS = (0.5, 0.3, 0.2)
@@ -339,24 +338,81 @@ def test_mixture_config_round_trips(tmp_path, mixture):
     assert len(config.data.train) == 3 and config.data.train[1].weight == 0.3 and config.data.policy == "mixed"
 
 
-def test_window_shuffle_permutes_each_window_and_resumes_anywhere():
-    import grain
+def _flat(chunks) -> list[str]:
+    return [text for chunk in chunks for text in chunk["texts"][0]]
 
-    source = grain.MapDataset.range(100).to_iter_dataset()
-    expected = list(WindowShuffle(source, 16, seed=7))
-    assert len(expected) == 100 and expected != list(range(100))
-    for start in range(0, 100, 16):  # each window holds exactly its own records
-        assert sorted(expected[start : start + 16]) == list(range(start, min(start + 16, 100)))
-    for taken in (0, 1, 15, 16, 17, 50, 99, 100):
-        iterator = iter(WindowShuffle(source, 16, seed=7))
+
+def test_record_chunks_shuffle_each_window_and_resume_at_any_chunk(tmp_path):
+    from flaxenc_train.record_chunks import RecordChunks
+
+    path = _bad_file(tmp_path, [json.dumps({"anchor": f"t {i}", "positive": "p"}) for i in range(700)], "seven.jsonl")
+    spec = DatasetConfig(path=path, text_columns=("anchor", "positive"), label_column=None)
+    source = RecordChunks(spec, [path], None, seed=7, shuffle=True, window=300, skip_bad=False)
+    iterator = iter(source)
+    chunks = [next(iterator) for _ in range(8)]
+    assert [len(chunk["texts"][0]) for chunk in chunks] == [256, 44] * 4  # a window is cut into chunks of at most 256
+    records = _flat(chunks)
+    for w in range(4):  # each window holds exactly its own records (the file again from its start after 700)
+        assert sorted(records[300 * w : 300 * (w + 1)]) == sorted(f"t {i % 700}" for i in range(300 * w, 300 * (w + 1)))
+    assert records[:300] != [f"t {i}" for i in range(300)]
+    for taken in range(8):
+        iterator = iter(source)
         for _ in range(taken):
             next(iterator)
         state = json.loads(json.dumps(iterator.get_state()))
-        resumed = iter(WindowShuffle(source, 16, seed=7))
+        resumed = iter(source)
         resumed.set_state(state)
-        assert list(resumed) == expected[taken:]
+        assert _flat(next(resumed) for _ in range(8 - taken)) == _flat(chunks[taken:])
+    in_order = iter(RecordChunks(spec, [path], None, seed=7, shuffle=False, window=300, skip_bad=False))
+    assert _flat([next(in_order), next(in_order), next(in_order)]) == [f"t {i}" for i in range(700)] + [f"t {i}" for i in range(68)]
     with pytest.raises(ValueError, match="earlier flaxenc"):
-        iter(WindowShuffle(source, 16, seed=7)).set_state({"parent": {}, "window_index": 0})
+        iter(source).set_state({"epoch": 0, "file": 0, "record": 0})
+
+
+TRICKY = [  # lines the block parser must leave to json.loads line by line, or read exactly as it does
+    '\ufeff{"anchor": "bom", "positive": "p"}',
+    '{"anchor": "caf\\u00e9 \\ud83d\\ude00", "positive": "p"}  \t',
+    "",
+    "   ",
+    '{"anchor": 12, "positive": 1.5}',
+    '{"anchor": "two", "positive": "p"} {"anchor": "objects"}',
+    '["a", "list"]',
+    '{"anchor": "ok", "positive": "p", "label": "0.25"}',
+    '{"anchor": "cut',
+]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 100])
+def test_file_reader_blocks_are_the_records_json_loads_reads(tmp_path, size):
+    from flaxenc_train.sources import FileReader, read_file
+
+    path = tmp_path / "tricky.jsonl"
+    path.write_bytes("\r\n".join([*TRICKY, *GOOD]).encode() + b"\n")
+    spec = DatasetConfig(path=str(path), text_columns=("anchor", "positive"), label_column=None)
+    expected = [(where, str(raw) if isinstance(raw, DataError) else raw) for where, raw in read_file(spec, str(path), ["anchor"])]
+    for start in (0, 5):
+        reader, blocks, before = FileReader(spec, str(path), ["anchor"], [], start), [], -1
+        while reader.position != before:  # the end of the file: a read that consumes nothing
+            before, block = reader.position, reader.read(size)
+            blocks += [(block.where(i), str(raw) if isinstance(raw, DataError) else raw) for i, raw in enumerate(block.raws)]
+        assert blocks == [(where, raw) for where, raw in expected if int(where.rsplit(" ", 1)[1]) > start]
+    assert len(expected) == len(TRICKY) - 2 + len(GOOD)  # blank lines are no records
+
+
+def test_checked_blocks_are_the_records_checked_one_by_one(tmp_path):
+    from flaxenc_train.sources import FileReader, check_block, check_record
+
+    lines = [*GOOD[:3], json.dumps({"anchor": 7, "positive": "p"}), json.dumps({"anchor": "a", "positive": "p", "label": "0.5"})]
+    path = _bad_file(tmp_path, [json.dumps({**json.loads(line), "label": 1}) if "label" not in line else line for line in lines])
+    spec = DatasetConfig(path=path, text_columns=("anchor", "positive"), label_column="label", label_scale=2.0)
+    expected = [check_record(f"{path}, line {i + 1}", json.loads(line), spec, "label") for i, line in enumerate(Path(path).read_text().splitlines())]
+    for size in (3, 5):  # a clean block, checked by columns; one with a number for a text, record by record
+        reader, texts, labels = FileReader(spec, path, ["anchor", "positive", "label"], [], 0), [[], []], []
+        while (block := reader.read(size)).raws:
+            block_texts, block_labels, skipped = check_block(block, spec, "label", skip_bad=False)
+            texts, labels = [a + b for a, b in zip(texts, block_texts)], labels + block_labels
+            assert skipped == []
+        assert [list(pair) for pair in zip(*texts)] == [r["texts"] for r in expected] and labels == [r["label"] for r in expected]
 
 
 def test_what_grain_workers_run_loads_neither_flax_nor_torch(tmp_path, minilm_path):
@@ -377,12 +433,12 @@ def test_what_grain_workers_run_loads_neither_flax_nor_torch(tmp_path, minilm_pa
         "import cloudpickle, json, sys\n"
         "chunk = next(iter(cloudpickle.loads(sys.stdin.buffer.read())))\n"
         "heavy = sorted(m for m in ('flaxenc', 'flax', 'optax', 'transformers', 'torch') if m in sys.modules)\n"
-        "print(json.dumps({'heavy': heavy, 'ids': [row['ids'] for row in chunk['rows']]}))\n"
+        "print(json.dumps({'heavy': heavy, 'ids': [[list(ids) for ids in row['ids']] for row in chunk['rows']]}))\n"
     )
     worker = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(chunks), capture_output=True, check=True)
     seen = json.loads(worker.stdout.decode().strip().splitlines()[-1])
     assert seen["heavy"] == []
-    assert seen["ids"] == [row["ids"] for row in next(iter(chunks))["rows"]]
+    assert seen["ids"] == [[list(ids) for ids in row["ids"]] for row in next(iter(chunks))["rows"]]
 
 
 # -- a hub dataset, streamed -----------------------------------------------------------------------
@@ -402,22 +458,25 @@ def _hub_folder(folder: Path, shards: int = 4, size: int = 40) -> list[str]:
 
 
 def _anchors(source, count: int) -> list[str]:
-    iterator = iter(source)
-    return [next(iterator)["texts"][0] for _ in range(count)]
+    iterator, anchors = iter(source), []
+    while len(anchors) < count:
+        anchors += next(iterator)["texts"][0]
+    return anchors[:count]
 
 
 def test_a_hub_dataset_streams_each_process_and_worker_its_own_part(tmp_path):
-    from flaxenc_train.sources import RecordSource, count_records, shard_files
+    from flaxenc_train.record_chunks import RecordChunks
+    from flaxenc_train.sources import count_records, shard_files
 
     anchors = _hub_folder(tmp_path / "hub")
     spec = DatasetConfig(path=str(tmp_path / "hub"), format="hub", text_columns=("anchor", "positive"), label_column=None)
     files = shard_files(spec)
     assert count_records(spec, files, 0) == 160 and count_records(spec, files, 1) == 0  # summed over processes
-    parts = [_anchors(RecordSource(spec, files, None, 0, False, False, process=(p, 2)), 80) for p in range(2)]
+    parts = [_anchors(RecordChunks(spec, files, None, seed=0, shuffle=False, window=1, skip_bad=False, process=(p, 2)), 80) for p in range(2)]
     assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(anchors)
-    second_epoch = _anchors(RecordSource(spec, files, None, 0, False, False, process=(1, 2)), 160)[80:]
+    second_epoch = _anchors(RecordChunks(spec, files, None, seed=0, shuffle=False, window=1, skip_bad=False, process=(1, 2)), 160)[80:]
     assert second_epoch == parts[1]  # epoch after epoch, the same part
-    worker = RecordSource(spec, files, None, 0, False, False, process=(1, 2))
+    worker = RecordChunks(spec, files, None, seed=0, shuffle=False, window=1, skip_bad=False, process=(1, 2))
     worker.set_slice(slice(1, None, 2))  # grain's worker 1 of 2 on process 1
     assert set(_anchors(worker, 40)) < set(parts[1])
 

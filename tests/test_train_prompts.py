@@ -77,9 +77,9 @@ def test_streamed_rows_get_prompts_and_keep_text_keys(mined):
     assert lengths == (encoder._prompt_length("query: "), 0)
     chunk = TokenizeChunk(encoder.tokenizer, 32, True, (prompts, lengths))
     plain = TokenizeChunk(encoder.tokenizer, 32, True)
-    records = [{"texts": ["a cat", "a dog"], "label": None, "skipped": []}]
+    records = {"texts": [["a cat"], ["a dog"]], "labels": None, "skipped": []}
     row, plain_row = chunk(records)["rows"][0], plain(records)["rows"][0]
-    assert row["ids"][0] == encoder.tokenize(["query: a cat"])[0] and row["ids"][1] == plain_row["ids"][1]
+    assert list(row["ids"][0]) == encoder.tokenize(["query: a cat"])[0] and row["ids"][1] == plain_row["ids"][1]
     assert row["keys"] == plain_row["keys"]  # no_duplicates compares the texts, as ST's sampler does
     assert row["prompt_length"] == list(lengths) and "prompt_length" not in plain_row
 

@@ -1,6 +1,6 @@
 """What grain's worker processes run: a dataset's records -> tokenized chunks of rows.
 
-Per dataset: this process's records (train/sources.py), shuffled in windows, 256 at a time through
+Per dataset: chunks of this process's records, shuffled in windows (train/record_chunks.py), through
 the Rust tokenizer, in `data.workers` grain worker processes when that is above 0. A worker
 starts a fresh Python (grain spawns it) and unpickles this pipeline, so this module and those it
 imports load grain, numpy and tokenizers only: not flaxenc or the config, which bring flax,
@@ -10,15 +10,13 @@ transformers and torch (seconds and hundreds of MB per worker).
 from __future__ import annotations
 
 import gc
-import hashlib
-from collections.abc import Sequence
+from array import array
 
 import grain
+import xxhash
 
-from flaxenc_train.sources import RecordSource
-from flaxenc_train.window_shuffle import WindowShuffle
+from flaxenc_train.record_chunks import CHUNK, RecordChunks
 
-CHUNK = 256  # records tokenized in one call (the fast tokenizer's batch API)
 GC_FIRST_THRESHOLD = 50_000  # allocations between the cyclic collector's youngest passes (Python: 700)
 
 
@@ -36,12 +34,13 @@ def fewer_collections(*_worker) -> None:
 
 
 def text_key(text: str) -> int:
-    """A stable 64-bit key of a text (Python's hash() differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+    """A stable 63-bit key of a text (Python's hash() differs between processes)."""
+    return xxhash.xxh3_64_intdigest(text.encode()) >> 1
 
 
 class TokenizeChunk:
-    """A chunk of records -> {"rows": [{"ids", "label", "keys"}], "skipped": [messages]}; runs in the workers.
+    """A chunk of records (train/record_chunks.py) -> {"rows": [{"ids", "label", "keys"}], "skipped": [messages]},
+    each row's "ids" an array("i") per text column; runs in the workers.
 
     prompts: (each column's prompt or None, each column's prompt length in tokens), or None: the
     prompts are prepended before tokenizing (the keys of no_duplicates stay those of the texts, as ST's
@@ -55,22 +54,23 @@ class TokenizeChunk:
         self.tokenizer, self.with_keys = rust_tokenizer(tokenizer, max_length), with_keys
         self.prompts, self.prompt_lengths = prompts if prompts is not None else (None, None)
 
-    def __call__(self, records: Sequence[dict]) -> dict:
-        columns = len(records[0]["texts"])
-        prompts = self.prompts or (None,) * columns
-        ids = [
-            [e.ids for e in self.tokenizer.encode_batch_fast([(prompts[c] or "") + r["texts"][c] for r in records])]
-            for c in range(columns)
+    def __call__(self, chunk: dict) -> dict:
+        texts = chunk["texts"]
+        prompts = self.prompts or (None,) * len(texts)
+        ids = [  # as C ints: the batch's arrays are one join of them, and the workers send 4 bytes a token
+            [array("i", e.ids) for e in self.tokenizer.encode_batch_fast([prompt + text for text in column] if prompt else column)]
+            for prompt, column in zip(prompts, texts)
         ]
-        rows = []
-        for i, record in enumerate(records):
-            row = {"ids": [ids[c][i] for c in range(columns)], "label": record["label"]}
-            if self.with_keys:
-                row["keys"] = [text_key(text) for text in record["texts"]]
-            if self.prompt_lengths is not None:
+        labels = chunk["labels"] or [None] * len(texts[0])
+        if self.with_keys:
+            keys = zip(*([text_key(text) for text in column] for column in texts))
+            rows = [{"ids": list(row), "label": label, "keys": list(key)} for row, label, key in zip(zip(*ids), labels, keys)]
+        else:
+            rows = [{"ids": list(row), "label": label} for row, label in zip(zip(*ids), labels)]
+        if self.prompt_lengths is not None:
+            for row in rows:
                 row["prompt_length"] = list(self.prompt_lengths)
-            rows.append(row)
-        return {"rows": rows, "skipped": [message for r in records for message in r["skipped"]]}
+        return {"rows": rows, "skipped": chunk["skipped"]}
 
 
 def row_chunks(
@@ -81,10 +81,9 @@ def row_chunks(
     """Tokenized chunks of one dataset's records on this process (grain workers when workers > 0);
     process: (index, count), which part of a hub dataset's stream is this process's; buffer_rows: rows
     the workers keep ready (at least 2 chunks each), so that a batch drawn from this dataset finds them."""
-    records: grain.IterDataset = RecordSource(spec, files, label_column, seed, shuffle, skip_bad, process)
-    if shuffle and shuffle_window > 1:
-        records = WindowShuffle(records, shuffle_window, seed)
-    chunks = records.batch(CHUNK, batch_fn=list).map(TokenizeChunk(tokenizer, max_length, with_keys, prompts))
+    records = RecordChunks(spec, files, label_column, seed=seed, shuffle=shuffle, window=shuffle_window, skip_bad=skip_bad,
+                           process=process)
+    chunks = records.map(TokenizeChunk(tokenizer, max_length, with_keys, prompts))
     if workers > 0:
         from absl import flags
 

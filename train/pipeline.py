@@ -17,9 +17,9 @@ continues with exactly the batches the interrupted run would have had.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,23 +161,25 @@ class GlobalBatches:
 
     def _arrays(self, step: int, rows: list[dict], labels: bool) -> dict:
         shape, columns = self.shape, len(rows[0]["ids"])
-        longest = max(len(ids) for row in rows for ids in row["ids"])
+        column_ids = [[row["ids"][c] for row in rows] for c in range(columns)]
+        column_lengths = [np.fromiter(map(len, ids), np.int64, len(rows)) for ids in column_ids]
+        longest = max(int(lengths.max()) for lengths in column_lengths)
         longest = max(self.exchange.gather(step, "longest", longest))  # one bucket for the global batch
         fitting = [b for b in shape.buckets if b >= longest]
         if not fitting:
             raise DataError(f"a text has {longest} tokens, more than the largest bucket {shape.buckets[-1]}")
         length = fitting[0]
+        prompted = any("prompt_length" in row for row in rows)  # prompts (per row: policy mixed mixes datasets)
         batch_columns = []
-        for c in range(columns):
-            lengths = np.fromiter((len(row["ids"][c]) for row in rows), np.int64, len(rows))
-            tokens = np.fromiter(itertools.chain.from_iterable(row["ids"][c] for row in rows), np.int32, int(lengths.sum()))
+        for c, (ids_lists, lengths) in enumerate(zip(column_ids, column_lengths)):
+            tokens = np.frombuffer(b"".join(ids_lists), np.intc)  # the rows' array("i")s (train/chunks.py)
             mask = np.arange(length) < lengths[:, None]
             ids = np.full((len(rows), length), shape.pad_id, np.int32)
             ids[mask] = tokens  # row by row, left to right: each row's tokens, then its padding
             batch_columns.append({"input_ids": ids, "attention_mask": mask.astype(np.int32)})
-            if any("prompt_length" in row for row in rows):  # prompts (per row: policy mixed mixes datasets)
-                lengths = [row.get("prompt_length", [0] * columns)[c] for row in rows]
-                batch_columns[-1]["prompt_length"] = np.asarray(lengths, np.int32)
+            if prompted:
+                prompt_lengths = [row.get("prompt_length", [0] * columns)[c] for row in rows]
+                batch_columns[-1]["prompt_length"] = np.asarray(prompt_lengths, np.int32)
         batch: dict[str, Any] = {"columns": batch_columns}
         if labels:
             batch["labels"] = np.asarray([row["label"] for row in rows], np.float32)
@@ -199,10 +201,9 @@ class GlobalBatches:
             packed = {key: np.pad(value, ((0, rows - local_rows), (0, 0))) for key, value in packed.items()}
             packed["input_ids"][local_rows:] = self.shape.pad_id
         offset = self.exchange.index * rows * length
-        columns = [
-            {**column, "token_index": np.where(column["attention_mask"] == 1, index + offset, 0).astype(np.int32)}
-            for column, index in zip(columns, token_index)
-        ]
+        if offset:  # padding keeps slot 0
+            token_index = [np.where(column["attention_mask"] == 1, index + offset, 0).astype(np.int32) for column, index in zip(columns, token_index)]
+        columns = [{**column, "token_index": index} for column, index in zip(columns, token_index)]
         return {**batch, "columns": columns, "packed": packed}
 
     # -- iterator --------------------------------------------------------------------------
@@ -227,14 +228,15 @@ class GlobalBatches:
             "streams": [stream.get_state() for stream in self.streams],
             # A string: grain's prefetch thread deep-copies the state at every batch, and a copy of a
             # string is free where one of hundreds of rows of token ids is not.
-            "pending": json.dumps(self.pending, separators=(",", ":")),
+            "pending": json.dumps(self.pending, separators=(",", ":"), default=list),  # ids: array("i") -> list
             "process_count": self.exchange.count,
         }
 
     def set_state(self, state: dict) -> None:
         self.step = state["step"]
         pending = state["pending"]
-        self.pending = [list(rows) for rows in (json.loads(pending) if isinstance(pending, str) else pending)]
+        saved = json.loads(pending) if isinstance(pending, str) else pending
+        self.pending = [[{**row, "ids": [array("i", ids) for ids in row["ids"]]} for row in rows] for rows in saved]
         for stream, saved in zip(self.streams, state["streams"]):
             stream.set_state(saved)
 

@@ -5,33 +5,35 @@ text formats), or a hub dataset streamed with `datasets`. Each process reads onl
 (shard i goes to process i mod P), and each grain worker a slice of those; nothing is read
 ahead of what the pipeline asks for, so host memory does not grow with the data.
 
-`RecordSource` is a grain IterDataset of checked records {"texts": [...], "label": float|None}:
-a record missing a column, with an empty text or a label that is not a finite number, and a file
-that cannot be read or decoded, is a `DataError` naming the file, line (or row) and column; with
-`skip_bad_records` such records are skipped instead, and each record carries the ones skipped
-before it (the pipeline counts and logs them). The iterator's state (epoch, file, records
-consumed in that file) is a small JSON dict, so grain checkpoints it with the model.
+`FileReader` reads one file's records a block at a time (jsonl: each line parsed by json's own
+parser, the block handed line by line to json.loads where anything is unusual, so both give the
+same records and errors); `check_block` checks a block column by column, and record by record
+where a column is not all non-blank strings. A record missing a column, with an empty text or a
+label that is not a finite number, and a file that cannot be read or decoded, is a `DataError`
+naming the file, line (or row) and column; with `skip_bad_records` such records are skipped
+instead and their messages returned (the pipeline counts and logs them). train/record_chunks.py
+turns these into the grain source of a dataset.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
 import dataclasses
 import glob
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import grain
-import numpy as np
 
 if TYPE_CHECKING:  # the config module loads flaxenc (jax, torch); grain's worker processes need none of it
     from flaxenc_train.config import DatasetConfig
@@ -71,7 +73,7 @@ def is_hub(spec: DatasetConfig) -> bool:
 
 def shard_files(spec: DatasetConfig) -> list[str]:
     """The dataset's files, sorted: every process sees the same list. A hub dataset is one stream, its
-    name, which each process reads a part of (`RecordSource`)."""
+    name, which each process reads a part of (`FileReader`)."""
     if is_hub(spec):
         return [spec.path]
     files = sorted(glob.glob(spec.path)) if glob.has_magic(spec.path) else [spec.path]
@@ -135,26 +137,34 @@ def _open_binary(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+_JSON_SPACE = " \t\n\r"  # the whitespace JSON allows around a value (str.strip's would take more)
+_scan_json = json.JSONDecoder().scan_once  # (value, end) of the JSON value at a string's index
+
+
+def _jsonl_record(path: str, number: int, raw: bytes) -> Any:
+    """One line's record, a DataError naming the line, or None for a blank line."""
+    where = f"{path}, line {number}"
+    try:
+        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        return DataError(f"{where}: not UTF-8 text (byte 0x{raw[error.start:error.start + 1].hex()})")
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return DataError(f"{where}: not valid JSON ({error.msg}); fix or remove that record")
+    if not isinstance(record, dict):
+        return DataError(f"{where}: expected a JSON object of columns, got {type(record).__name__}")
+    return record
+
+
 def _read_jsonl(path: str) -> Iterator[tuple[str, Any]]:
     with _open_binary(path) as f:
         for number, raw in enumerate(f, start=1):
-            where = f"{path}, line {number}"
-            try:
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                yield where, DataError(f"{where}: not UTF-8 text (byte 0x{raw[error.start:error.start + 1].hex()})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                yield where, DataError(f"{where}: not valid JSON ({error.msg}); fix or remove that record")
-                continue
-            if not isinstance(record, dict):
-                yield where, DataError(f"{where}: expected a JSON object of columns, got {type(record).__name__}")
-                continue
-            yield where, record
+            record = _jsonl_record(path, number, raw)
+            if record is not None:
+                yield f"{path}, line {number}", record
 
 
 def _read_delimited(path: str, tsv: bool, header: bool) -> Iterator[tuple[str, Any]]:
@@ -209,25 +219,83 @@ def _read_hub(spec: SourceSpec, parts: Sequence[tuple[int, int]]) -> Iterator[tu
         yield f"{spec.path} ({spec.split}), record {number}", record
 
 
-def read_file(spec: DatasetConfig, path: str, columns: list[str], parts: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[str, Any]]:
-    """(where, raw record or DataError) for each record of one file, or of this part of a hub dataset;
-    file-level damage raises DataError."""
-    fmt = stream_format(spec, path)
+@contextlib.contextmanager
+def _file_errors(path: str, fmt: str):
+    """File-level damage as a DataError naming the file."""
     try:
-        if fmt == "hub":
-            yield from _read_hub(spec, parts)
-        elif fmt == "jsonl":
-            yield from _read_jsonl(path)
-        elif fmt in ("csv", "tsv"):
-            yield from _read_delimited(path, fmt == "tsv", spec.header)
-        else:
-            yield from _read_parquet(path, columns)
+        yield
     except (OSError, EOFError, zlib.error) as error:  # a truncated or damaged gzip, an unreadable file
         raise DataError(f"{path}: cannot be read or decoded ({type(error).__name__}: {error}); check or replace that shard") from None
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 (pyarrow raises many kinds)
         raise DataError(f"{path}: not a readable {fmt} file ({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def _records(spec, path: str, fmt: str, columns: list[str], parts: Sequence[tuple[int, int]]) -> Iterator[tuple[str, Any]]:
+    if fmt == "hub":
+        return _read_hub(spec, parts)
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(path, fmt == "tsv", spec.header)
+    return _read_parquet(path, columns)
+
+
+def read_file(spec: DatasetConfig, path: str, columns: list[str], parts: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[str, Any]]:
+    """(where, raw record or DataError) for each record of one file, or of this part of a hub dataset;
+    file-level damage raises DataError."""
+    fmt = stream_format(spec, path)
+    with _file_errors(path, fmt):
+        yield from _records(spec, path, fmt, columns, parts)
+
+
+@dataclasses.dataclass
+class Block:
+    """Raw records read together (dicts, or DataErrors for records that could not be parsed); where(i)
+    names the i-th for an error message."""
+
+    raws: list
+    where: Callable[[int], str]
+
+
+class FileReader:
+    """One file's records (or this part of a hub dataset's), `read(n)` at a time, from `position`: the
+    records consumed before (jsonl: lines, so that a restored position skips lines without parsing them)."""
+
+    def __init__(self, spec, path: str, columns: list[str], parts: Sequence[tuple[int, int]], position: int):
+        self.path, self.format, self.position = path, stream_format(spec, path), position
+        with _file_errors(path, self.format):
+            if self.format == "jsonl":
+                self._lines = _open_binary(path)
+                collections.deque(itertools.islice(self._lines, position), maxlen=0)
+            else:
+                self._items = _records(spec, path, self.format, columns, parts)
+                collections.deque(itertools.islice(self._items, position), maxlen=0)
+
+    def read(self, n: int) -> Block:
+        """The next n records (jsonl: n lines, blank ones dropped); an empty block at the end of the file."""
+        with _file_errors(self.path, self.format):
+            if self.format != "jsonl":
+                items = list(itertools.islice(self._items, n))
+                self.position += len(items)
+                return Block([raw for _, raw in items], lambda i: items[i][0])
+            lines = list(itertools.islice(self._lines, n))
+        first, self.position = self.position + 1, self.position + len(lines)
+        try:  # the usual block: a JSON object on each line, UTF-8, no blank line
+            texts = [line.decode().rstrip(_JSON_SPACE) for line in lines]
+            parsed = [_scan_json(text, 0) for text in texts]  # json.loads' own parser, without its per-call wrapping
+            if all(end == len(text) and type(raw) is dict for (raw, end), text in zip(parsed, texts)):
+                return Block([raw for raw, _ in parsed], lambda i: f"{self.path}, line {first + i}")
+        except (UnicodeDecodeError, json.JSONDecodeError, StopIteration):  # StopIteration: no JSON value at the start
+            pass
+        numbered = [(first + i, record) for i, line in enumerate(lines) if (record := _jsonl_record(self.path, first + i, line)) is not None]
+        return Block([record for _, record in numbered], lambda i: f"{self.path}, line {numbered[i][0]}")
+
+    def close(self) -> None:
+        close = getattr(getattr(self, "_lines", None) or getattr(self, "_items", None), "close", None)
+        if close:
+            close()
 
 
 def check_record(where: str, raw: Any, spec: DatasetConfig, label_column: str | None) -> dict:
@@ -260,7 +328,34 @@ def check_record(where: str, raw: Any, spec: DatasetConfig, label_column: str | 
     return {"texts": texts, "label": label}
 
 
-# -- the grain source ----------------------------------------------------------------------------
+def check_block(block: Block, spec, label_column: str | None, skip_bad: bool) -> tuple[list[list[str]], list[float] | None, list[str]]:
+    """A block's usable records as text columns and labels (None without a label column), and the messages
+    of the bad records skipped; a bad record is a DataError naming it, unless skip_bad."""
+    try:  # the usual block, checked column by column: every text a non-blank string, every label a finite number
+        texts = [[raw[column] for raw in block.raws] for column in spec.text_columns]
+        labels = None if label_column is None else [float(raw[label_column]) for raw in block.raws]
+        if all(set(map(type, column)) <= {str} and all(map(str.strip, column)) for column in texts) and (
+            labels is None or all(map(math.isfinite, labels))
+        ):
+            return texts, None if labels is None else [label / spec.label_scale for label in labels], []
+    except (KeyError, TypeError, ValueError):
+        pass
+    texts, labels, skipped = [[] for _ in spec.text_columns], [], []
+    for i, raw in enumerate(block.raws):  # record by record, for the message naming the first bad one
+        try:
+            record = check_record(block.where(i), raw, spec, label_column)
+        except DataError as error:
+            if not skip_bad:
+                raise
+            skipped.append(str(error))
+            continue
+        for column, text in zip(texts, record["texts"]):
+            column.append(text)
+        labels.append(record["label"])
+    return texts, None if label_column is None else labels, skipped
+
+
+# -- what the grain source needs of a dataset's config ------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,90 +374,3 @@ class SourceSpec:
     @classmethod
     def of(cls, spec) -> SourceSpec:
         return cls(spec.path, spec.format, spec.header, tuple(spec.text_columns), spec.label_scale, spec.name, spec.split)
-
-
-class RecordSource(grain.IterDataset):
-    """Checked records of this process's files, epoch after epoch (file order reshuffled each epoch)."""
-
-    def __init__(self, spec: DatasetConfig, files: list[str], label_column: str | None, seed: int, shuffle: bool, skip_bad: bool,
-                 process: tuple[int, int] = (0, 1)):
-        """process: (index, count), for a hub dataset, which every process streams its part of."""
-        super().__init__()
-        self.spec, self.files, self.label_column = SourceSpec.of(spec), list(files), label_column
-        self.seed, self.shuffle, self.skip_bad = seed, shuffle, skip_bad
-        self.hub = is_hub(spec)
-        self.parts = [process] if self.hub else []
-
-    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-        """grain's worker processes: worker w of W reads files w, w + W, ... of this process's (of a hub
-        dataset, its part of this process's stream)."""
-        if self.hub:
-            self.parts = [*self.parts, (sl.start or 0, sl.step or 1)]
-            return
-        sliced = self.files[sl]
-        if not sliced:
-            raise DataError(f"{self.spec.path}: fewer files ({len(self.files)}) on this process than data.workers; lower workers or split the data")
-        self.files = sliced
-
-    def __iter__(self) -> _RecordIterator:
-        return _RecordIterator(self)
-
-    def __str__(self) -> str:
-        return f"RecordSource({self.spec.path})"
-
-
-class _RecordIterator(grain.DatasetIterator):
-    def __init__(self, source: RecordSource):
-        super().__init__()
-        self._source = source
-        self._state = {"epoch": 0, "file": 0, "record": 0}
-        self._records: Iterator | None = None
-
-    def _order(self, epoch: int) -> list[str]:
-        files = self._source.files
-        if not self._source.shuffle:
-            return files
-        return [files[i] for i in np.random.default_rng([self._source.seed, epoch]).permutation(len(files))]
-
-    def _open(self) -> None:
-        path = self._order(self._state["epoch"])[self._state["file"]]
-        columns = [*self._source.spec.text_columns, *([self._source.label_column] if self._source.label_column else [])]
-        self._records = read_file(self._source.spec, path, columns, self._source.parts)
-        for _ in range(self._state["record"]):  # a restored position: skip what was consumed
-            next(self._records)
-
-    def __next__(self) -> dict:
-        skipped, wraps = [], 0
-        while True:
-            if self._records is None:
-                self._open()
-            try:
-                where, raw = next(self._records)
-            except StopIteration:
-                self._records = None
-                state = self._state
-                state["file"], state["record"] = state["file"] + 1, 0
-                if state["file"] == len(self._source.files):
-                    state["epoch"], state["file"] = state["epoch"] + 1, 0
-                    wraps += 1
-                    if wraps == 2:  # a whole pass over the files without one usable record
-                        raise DataError(f"{self._source.spec.path}: no usable record in {', '.join(self._source.files)}") from None
-                continue
-            self._state["record"] += 1
-            RECORDS_READ[where.rsplit(", ", 1)[0]] += 1
-            try:
-                record = check_record(where, raw, self._source.spec, self._source.label_column)
-            except DataError as error:
-                if not self._source.skip_bad:
-                    raise
-                skipped.append(str(error))
-                continue
-            record["skipped"] = skipped
-            return record
-
-    def get_state(self) -> dict:
-        return dict(self._state)
-
-    def set_state(self, state: dict) -> None:
-        self._state = dict(state)
-        self._records = None
