@@ -110,7 +110,8 @@ def test_two_processes_read_their_shards_mix_by_weight_and_never_repeat_a_text(t
     files = [json.loads(str(part["files"])) for part in parts]
     print("records read per process:", [sum(r.values()) for r in read])
     for process in (0, 1):
-        mine = {path for dataset in files[process] for path in dataset}
+        assert all(stride == [0, 1] for _, stride in files[process])  # 2 shards a dataset: whole files to each process
+        mine = {path for dataset, _ in files[process] for path in dataset}
         assert set(read[process]) <= mine and set(read[process]).isdisjoint(read[1 - process])
         assert all(Path(path).name.split("-")[1] == f"{process:05d}" for path in mine)
     # Both processes took every step from the same dataset, at the weights' frequencies.
@@ -441,6 +442,51 @@ def test_what_grain_workers_run_loads_neither_flax_nor_torch(tmp_path, minilm_pa
     assert seen["ids"] == [[list(ids) for ids in row["ids"]] for row in next(iter(chunks))["rows"]]
 
 
+def test_one_file_is_shared_by_processes_and_workers_line_by_line(tmp_path):
+    """Fewer files than processes (or grain workers): each reads every file and keeps every P-th line
+    (process p: lines p, p + P, ...; worker w of W: every W-th of those), skipping the others unparsed;
+    counts, epochs and a restored position follow the same lines."""
+    from flaxenc_train.record_chunks import RecordChunks
+    from flaxenc_train.sources import count_records, process_files
+
+    path = tmp_path / "one.jsonl.gz"
+    lines = [json.dumps({"anchor": f"q {i}", "positive": f"a {i}"}) for i in range(1001)]
+    lines[10] = ""  # a blank line is no record, and still a line of process 0's
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    spec = DatasetConfig(path=str(path), text_columns=("anchor", "positive"), label_column=None)
+
+    def source(stride, **options):
+        return RecordChunks(spec, [str(path)], None, seed=1, shuffle=False, window=1, skip_bad=False, stride=stride, **options)
+
+    parts = []
+    for process in (0, 1):
+        files, stride = process_files([str(path)], process, 2)
+        assert files == [str(path)] and stride == (process, 2)
+        count = count_records(spec, files, process, stride)
+        assert count == 500  # process 0: 501 lines, one of them blank
+        parts.append(_anchors(source(stride), count))
+        assert parts[-1] == [f"q {i}" for i in range(process, 1001, 2) if i != 10]
+        assert _anchors(source(stride), 2 * count)[count:] == parts[-1]  # the next epoch: the same lines
+    assert sorted(parts[0] + parts[1], key=lambda q: int(q[2:])) == [f"q {i}" for i in range(1001) if i != 10]
+    worker = source((1, 2))
+    worker.set_slice(slice(1, None, 2))  # grain's worker 1 of 2 on process 1: every second of its lines
+    assert _anchors(worker, 250) == [f"q {i}" for i in range(3, 1001, 4)]
+    iterator = iter(source((1, 2)))
+    next(iterator)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = _flat(next(iterator) for _ in range(3))
+    resumed = iter(source((1, 2)))
+    resumed.set_state(state)
+    assert _flat(next(resumed) for _ in range(3)) == expected
+    # Through the pipeline, with two grain workers on the one file: their chunks hold distinct records.
+    options = dict(no_duplicates=False, workers=2, shuffle=False)
+    iterator = _pipeline([spec], **options)
+    rows = [tuple(t for t in row if t) for _, b, _ in (next(iterator) for _ in range(128)) for row in b["columns"][0]["input_ids"].tolist()]
+    iterator.close()
+    assert len(set(rows)) == 512
+
+
 # -- a hub dataset, streamed -----------------------------------------------------------------------
 
 
@@ -495,16 +541,16 @@ def test_flaxenc_train_streams_a_hub_dataset(tmp_path):
 
 def test_workers_are_split_over_a_mixture_by_weight_and_resume_exactly(mixture):
     """data.workers is the number of grain worker processes of a training process, whatever the datasets:
-    shared out by weight, at most one per file; a dataset given none is read in the training process."""
+    shared out by weight; a dataset given none is read in the training process."""
     import gc
 
     from flaxenc_train.chunks import GC_FIRST_THRESHOLD
     from flaxenc_train.pipeline import worker_shares
 
-    assert worker_shares([0.5, 0.3, 0.2], 4, [2, 2, 2]) == [2, 1, 1]
-    assert worker_shares([0.5, 0.3, 0.2], 2, [2, 2, 2]) == [1, 1, 0]
-    assert worker_shares([0.5, 0.3, 0.2], 9, [2, 2, 2]) == [2, 2, 2]  # one worker per file at most
-    assert worker_shares([1.0], 3, [1 << 30]) == [3]
+    assert worker_shares([0.5, 0.3, 0.2], 4) == [2, 1, 1]
+    assert worker_shares([0.5, 0.3, 0.2], 2) == [1, 1, 0]
+    assert worker_shares([0.5, 0.3, 0.2], 10) == [5, 3, 2]  # more workers than a dataset's files: they share lines
+    assert worker_shares([1.0], 3) == [3]
     specs = [DatasetConfig(path=p, text_columns=("anchor", "positive"), label_column=None, weight=w)
              for p, w in zip(mixture, WEIGHTS)]
     options = dict(no_duplicates=True, workers=2, shuffle_window=8)

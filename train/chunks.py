@@ -76,13 +76,14 @@ class TokenizeChunk:
 def row_chunks(
     spec, files: list[str], label_column: str | None, tokenizer, max_length: int, *, seed: int,
     shuffle: bool, shuffle_window: int, skip_bad: bool, with_keys: bool, workers: int, prompts: tuple | None = None,
-    process: tuple[int, int] = (0, 1), buffer_rows: int = 0,
+    process: tuple[int, int] = (0, 1), stride: tuple[int, int] = (0, 1), buffer_rows: int = 0,
 ) -> grain.IterDataset:
     """Tokenized chunks of one dataset's records on this process (grain workers when workers > 0);
-    process: (index, count), which part of a hub dataset's stream is this process's; buffer_rows: rows
-    the workers keep ready (at least 2 chunks each), so that a batch drawn from this dataset finds them."""
+    process: (index, count), which part of a hub dataset's stream is this process's; stride: which records
+    of each file are (sources.process_files); buffer_rows: rows the workers keep ready (at least 2 chunks
+    each), so that a batch drawn from this dataset finds them."""
     records = RecordChunks(spec, files, label_column, seed=seed, shuffle=shuffle, window=shuffle_window, skip_bad=skip_bad,
-                           process=process)
+                           process=process, stride=stride)
     chunks = records.map(TokenizeChunk(tokenizer, max_length, with_keys, prompts))
     if workers > 0:
         from absl import flags

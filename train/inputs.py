@@ -98,8 +98,8 @@ class StreamInput:
     def _count_records(self, processes: int) -> int:
         """The dataset's records over all processes (parquet from metadata; text formats with one pass; a hub
         dataset with one pass on process 0)."""
-        (spec,), (files,) = self.specs, self.files
-        mine = count_records(spec, files, jax.process_index())
+        (spec,), ((files, stride),) = self.specs, self.files
+        mine = count_records(spec, files, jax.process_index(), stride)
         logger.info("%s: %d records in this process's %d file(s)", spec.path, mine, len(files))
         return int(sum(HostExchange(jax.process_index(), processes, namespace="flaxenc-count").gather(-1, "records", mine)))
 

@@ -274,16 +274,13 @@ def mixture_weights(specs: Sequence[DatasetConfig], sampler: str, sizes: Sequenc
     return weights
 
 
-def worker_shares(weights: Sequence[float], workers: int, caps: Sequence[int]) -> list[int]:
+def worker_shares(weights: Sequence[float], workers: int) -> list[int]:
     """`data.workers` split over the datasets by weight (D'Hondt: each next worker to the dataset with the most
-    weight per worker it would have), a dataset at most `caps[d]` (one per file). A dataset given none is read
-    and tokenized in the training process: a mixture of D datasets starts `workers` processes, not D x workers."""
+    weight per worker it would have). A dataset given none is read and tokenized in the training process:
+    a mixture of D datasets starts `workers` processes, not D x workers."""
     shares = [0] * len(weights)
     for _ in range(workers):
-        open_ = [d for d in range(len(weights)) if shares[d] < caps[d]]
-        if not open_:
-            break
-        shares[max(open_, key=lambda d: weights[d] / (shares[d] + 1))] += 1
+        shares[max(range(len(weights)), key=lambda d: weights[d] / (shares[d] + 1))] += 1
     return shares
 
 
@@ -292,7 +289,8 @@ def build_pipeline(
     global_batch: int, shape: BatchShape, options: PipelineOptions, seed: int, process_index: int, process_count: int,
     prompts: Sequence[tuple | None] | None = None,
 ) -> tuple[grain.DatasetIterator, list[list[str]]]:
-    """The prefetching, checkpointable iterator of (dataset, local batch, skipped) and each dataset's files here.
+    """The prefetching, checkpointable iterator of (dataset, local batch, skipped) and each dataset's (files,
+    stride) on this process (sources.process_files).
 
     prompts: per dataset, None or (each column's prompt or None, each column's prompt length).
     """
@@ -300,27 +298,23 @@ def build_pipeline(
     prompts = list(prompts) if prompts is not None else [None] * len(specs)
     exchange = HostExchange(process_index, process_count)
     files = [shard_files(spec) for spec in specs]
-    # A hub dataset is one stream that every process reads its part of; files go to processes whole.
-    local = [f if is_hub(spec) else process_files(f, process_index, process_count, spec.path) for f, spec in zip(files, specs)]
+    # A hub dataset is one stream that every process reads its part of (datasets' split_dataset_by_node).
+    local = [(f, (0, 1)) if is_hub(spec) else process_files(f, process_index, process_count) for f, spec in zip(files, specs)]
     sizes = None
     if options.sampler == "proportional":
-        mine = [count_records(spec, f, process_index) for spec, f in zip(specs, local)]
+        mine = [count_records(spec, f, process_index, stride) for spec, (f, stride) in zip(specs, local)]
         sizes = np.sum(exchange.gather(-1, "sizes", mine), axis=0).tolist()
     weights = mixture_weights(specs, options.sampler, sizes)
-    caps = [1 << 30 if is_hub(spec) else len(f) for spec, f in zip(specs, local)]  # a worker needs a file of its own
-    workers = worker_shares(weights, options.workers, caps)
-    if sum(workers) < options.workers:
-        logger.warning("data.workers: %d asked, %d started: the datasets have only %s file(s) on this process",
-                       options.workers, sum(workers), caps)
+    workers = worker_shares(weights, options.workers)
     local_batch = global_batch // process_count
     streams = [
         _Rows(row_chunks(
             spec, f, label, tokenizer, max_length, seed=seed + 1000 * i, shuffle=options.shuffle,
             shuffle_window=options.shuffle_window, skip_bad=options.skip_bad_records,
             with_keys=options.no_duplicates, workers=workers[i], prompts=dataset_prompts,
-            process=(process_index, process_count), buffer_rows=2 * local_batch,
+            process=(process_index, process_count), stride=stride, buffer_rows=2 * local_batch,
         ), workers[i], saved_without_count=options.workers)
-        for i, (spec, f, label, dataset_prompts) in enumerate(zip(specs, local, label_columns, prompts))
+        for i, (spec, (f, stride), label, dataset_prompts) in enumerate(zip(specs, local, label_columns, prompts))
     ]
     batches = GlobalBatches(
         streams, weights, policy=options.policy, sampler=options.sampler, seed=seed,

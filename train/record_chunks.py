@@ -27,25 +27,29 @@ class RecordChunks(grain.IterDataset):
     """Chunks of this process's checked records, shuffled within windows of `window` records."""
 
     def __init__(self, spec, files: list[str], label_column: str | None, *, seed: int, shuffle: bool, window: int,
-                 skip_bad: bool, process: tuple[int, int] = (0, 1)):
-        """process: (index, count), for a hub dataset, which every process streams its part of."""
+                 skip_bad: bool, process: tuple[int, int] = (0, 1), stride: tuple[int, int] = (0, 1)):
+        """process: (index, count), for a hub dataset, which every process streams its part of; stride:
+        (offset, step), the records of each file that are this process's (sources.process_files)."""
         super().__init__()
         self.spec, self.files, self.label_column = SourceSpec.of(spec), list(files), label_column
         self.seed, self.shuffle, self.skip_bad = seed, shuffle, skip_bad
         self.window = window if shuffle and window > 1 else CHUNK
         self.hub = is_hub(spec)
         self.parts = [process] if self.hub else []
+        self.stride = stride
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-        """grain's worker processes: worker w of W reads files w, w + W, ... of this process's (of a hub
-        dataset, its part of this process's stream)."""
+        """grain's worker processes: worker w of W reads files w, w + W, ... of this process's where it has
+        at least W files, else every W-th of its records of each (of a hub dataset, its part of this
+        process's stream)."""
+        worker, workers = sl.start or 0, sl.step or 1
         if self.hub:
-            self.parts = [*self.parts, (sl.start or 0, sl.step or 1)]
-            return
-        sliced = self.files[sl]
-        if not sliced:
-            raise DataError(f"{self.spec.path}: fewer files ({len(self.files)}) on this process than data.workers; lower workers or split the data")
-        self.files = sliced
+            self.parts = [*self.parts, (worker, workers)]
+        elif len(self.files) >= workers:
+            self.files = self.files[sl]
+        else:
+            offset, step = self.stride
+            self.stride = (offset + step * worker, step * workers)
 
     def __iter__(self) -> _RecordChunksIterator:
         return _RecordChunksIterator(self)
@@ -87,7 +91,7 @@ class _RecordChunksIterator(grain.DatasetIterator):
         while len(texts[0]) < wanted:
             if self._reader is None:
                 path = self._order(position["epoch"])[position["file"]]
-                self._reader = FileReader(source.spec, path, columns, source.parts, position["record"])
+                self._reader = FileReader(source.spec, path, columns, source.parts, position["record"], source.stride)
             block = self._reader.read(wanted - len(texts[0]))
             if self._reader.position == position["record"]:  # the end of the file
                 barren += 1

@@ -17,7 +17,6 @@ turns these into the grain source of a dataset.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import csv
 import dataclasses
@@ -84,14 +83,13 @@ def shard_files(spec: DatasetConfig) -> list[str]:
     return files
 
 
-def process_files(files: list[str], process_index: int, process_count: int, where: str) -> list[str]:
-    """This process's files: shard i to process i mod P, so no record is read by two processes."""
-    if len(files) < process_count:
-        raise DataError(
-            f"{where}: {len(files)} file(s) for {process_count} processes; each process reads its own files, so split "
-            f"the data into at least {process_count} shards (e.g. {Path(files[0]).name.split('.')[0]}-00000-of-0000{process_count}.jsonl.gz)"
-        )
-    return files[process_index::process_count]
+def process_files(files: list[str], process_index: int, process_count: int) -> tuple[list[str], tuple[int, int]]:
+    """This process's files and its (offset, step) over their records, so that no record is read by two
+    processes: with at least P files, shard i goes to process i mod P, whole; with fewer, every process
+    reads every file and keeps records p, p + P, ... (jsonl: lines; the others' lines are skipped, not parsed)."""
+    if len(files) >= process_count:
+        return files[process_index::process_count], (0, 1)
+    return list(files), (process_index, process_count)
 
 
 def data_fingerprint(spec: DatasetConfig) -> str:
@@ -111,22 +109,27 @@ def data_fingerprint(spec: DatasetConfig) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def count_records(spec: DatasetConfig, files: list[str], process_index: int = 0) -> int:
-    """Records in `files` (parquet: from its metadata; text formats: a streamed pass, memory flat); of a hub
-    dataset, all its records for process 0 (a streamed pass) and none for the others, whose counts are summed."""
+def count_records(spec: DatasetConfig, files: list[str], process_index: int = 0, stride: tuple[int, int] = (0, 1)) -> int:
+    """Records in `files`, of each the records (jsonl: lines) offset, offset + step, ... of `stride` (parquet: from
+    its metadata; text formats: a streamed pass, memory flat); of a hub dataset, all its records for process 0
+    (a streamed pass) and none for the others, whose counts are summed."""
     if is_hub(spec):
         return 0 if process_index else sum(1 for _ in _read_hub(SourceSpec.of(spec), ()))
+    offset, step = stride
     total = 0
     for path in files:
         fmt = stream_format(spec, path)
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            total += pq.ParquetFile(path).metadata.num_rows
+            total += len(range(offset, pq.ParquetFile(path).metadata.num_rows, step))
             continue
         with _open_binary(path) as f:
-            lines = sum(1 for line in f if line.strip())
-        total += lines - (1 if fmt in ("csv", "tsv") and spec.header else 0)
+            if fmt == "jsonl":  # strided by lines, blank ones included (FileReader)
+                total += sum(1 for line in itertools.islice(f, offset, None, step) if line.strip())
+                continue
+            records = sum(1 for line in f if line.strip()) - (1 if spec.header else 0)
+        total += len(range(offset, records, step))
     return total
 
 
@@ -261,39 +264,40 @@ class Block:
 
 class FileReader:
     """One file's records (or this part of a hub dataset's), `read(n)` at a time, from `position`: the
-    records consumed before (jsonl: lines, so that a restored position skips lines without parsing them)."""
+    records consumed before (jsonl: lines, so that a restored position skips lines without parsing them).
+    stride (offset, step): only records (jsonl: lines) offset, offset + step, ... are this reader's, and
+    `position` counts those."""
 
-    def __init__(self, spec, path: str, columns: list[str], parts: Sequence[tuple[int, int]], position: int):
-        self.path, self.format, self.position = path, stream_format(spec, path), position
+    def __init__(self, spec, path: str, columns: list[str], parts: Sequence[tuple[int, int]], position: int,
+                 stride: tuple[int, int] = (0, 1)):
+        self.path, self.format, self.position, self.stride = path, stream_format(spec, path), position, stride
+        offset, step = stride
         with _file_errors(path, self.format):
-            if self.format == "jsonl":
-                self._lines = _open_binary(path)
-                collections.deque(itertools.islice(self._lines, position), maxlen=0)
-            else:
-                self._items = _records(spec, path, self.format, columns, parts)
-                collections.deque(itertools.islice(self._items, position), maxlen=0)
+            self._source = _open_binary(path) if self.format == "jsonl" else _records(spec, path, self.format, columns, parts)
+            self._items = itertools.islice(self._source, offset + position * step, None, step)
 
     def read(self, n: int) -> Block:
         """The next n records (jsonl: n lines, blank ones dropped); an empty block at the end of the file."""
         with _file_errors(self.path, self.format):
-            if self.format != "jsonl":
-                items = list(itertools.islice(self._items, n))
-                self.position += len(items)
-                return Block([raw for _, raw in items], lambda i: items[i][0])
-            lines = list(itertools.islice(self._lines, n))
-        first, self.position = self.position + 1, self.position + len(lines)
+            items = list(itertools.islice(self._items, n))
+        if self.format != "jsonl":
+            self.position += len(items)
+            return Block([raw for _, raw in items], lambda i: items[i][0])
+        offset, step = self.stride
+        numbers = range(offset + self.position * step + 1, offset + (self.position + len(items)) * step + 1, step)  # 1-based
+        self.position += len(items)
         try:  # the usual block: a JSON object on each line, UTF-8, no blank line
-            texts = [line.decode().rstrip(_JSON_SPACE) for line in lines]
+            texts = [line.decode().rstrip(_JSON_SPACE) for line in items]
             parsed = [_scan_json(text, 0) for text in texts]  # json.loads' own parser, without its per-call wrapping
             if all(end == len(text) and type(raw) is dict for (raw, end), text in zip(parsed, texts)):
-                return Block([raw for raw, _ in parsed], lambda i: f"{self.path}, line {first + i}")
+                return Block([raw for raw, _ in parsed], lambda i: f"{self.path}, line {numbers[i]}")
         except (UnicodeDecodeError, json.JSONDecodeError, StopIteration):  # StopIteration: no JSON value at the start
             pass
-        numbered = [(first + i, record) for i, line in enumerate(lines) if (record := _jsonl_record(self.path, first + i, line)) is not None]
+        numbered = [(number, record) for number, line in zip(numbers, items) if (record := _jsonl_record(self.path, number, line)) is not None]
         return Block([record for _, record in numbered], lambda i: f"{self.path}, line {numbered[i][0]}")
 
     def close(self) -> None:
-        close = getattr(getattr(self, "_lines", None) or getattr(self, "_items", None), "close", None)
+        close = getattr(self._source, "close", None)
         if close:
             close()
 
