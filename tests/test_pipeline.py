@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO
 from test_train_program import QUICKSTART, TINY_BERT, read_weights
 
-from flaxenc_train.chunks import text_key
+from flaxenc_train.chunks import text_keys
 from flaxenc_train.config import DatasetConfig, load_config
 from flaxenc_train.pipeline import BatchShape, GlobalBatches, PipelineOptions, build_pipeline, choose_dataset
 from flaxenc_train.sources import DataError
@@ -222,7 +222,7 @@ def test_no_duplicate_batches_are_st_no_duplicates_batch_sampler_batches():
     st_batches = list(iter(sampler))
     order = torch.randperm(len(table), generator=torch.Generator().manual_seed(3), dtype=torch.int32).tolist()
 
-    rows = [{"ids": [[1, 2], [3]], "label": None, "keys": [text_key(anchors[i]), text_key(positives[i])], "index": i} for i in order]
+    rows = [{"ids": [[1, 2], [3]], "label": None, "keys": text_keys([anchors[i], positives[i]]), "index": i} for i in order]
     batches = GlobalBatches(
         [_ListStream(rows)], [1.0], policy="one", sampler="weighted", seed=0, local_batch=batch_size,
         shape=BatchShape((16,), 0, False, 1), no_duplicates=True, exchange=_one_process(), labels=[False],
@@ -238,6 +238,36 @@ def test_no_duplicate_batches_are_st_no_duplicates_batch_sampler_batches():
     for batch in ours:
         texts = [t for i in batch for t in (anchors[i], positives[i])]
         assert len(texts) == len(set(texts))
+
+
+def test_rows_set_aside_round_trip_through_the_saved_state():
+    """The rows no_duplicates set aside are saved as JSON (ids as base64 of their C ints) and restored exactly;
+    a state that saved ids as lists still restores."""
+    from array import array
+
+    class Stream(_ListStream):
+        def get_state(self):
+            return {"position": self.position}
+
+        def set_state(self, state):
+            self.position = state["position"]
+
+    def batches():
+        return GlobalBatches(
+            [Stream([])], [1.0], policy="one", sampler="weighted", seed=0, local_batch=2,
+            shape=BatchShape((16,), 0, False, 1), no_duplicates=True, exchange=_one_process(), labels=[True],
+        )
+
+    aside = [{"ids": [array("i", [101, 70000, 2**31 - 1]), array("i", [-5])], "label": 0.25, "keys": text_keys(["a", "b"])}]
+    saved = batches()
+    saved.pending = [aside]
+    state = json.loads(json.dumps(saved.get_state()))
+    restored = batches()
+    restored.set_state(state)
+    assert restored.pending == [aside] and all(type(ids) is array for ids in restored.pending[0][0]["ids"])
+    state["pending"] = json.dumps([[{**aside[0], "ids": [list(ids) for ids in aside[0]["ids"]]}]])
+    restored.set_state(state)
+    assert restored.pending == [aside]
 
 
 def _one_process():

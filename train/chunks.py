@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 from array import array
+from collections.abc import Sequence
 
 import grain
 import xxhash
@@ -33,9 +34,10 @@ def fewer_collections(*_worker) -> None:
         gc.set_threshold(GC_FIRST_THRESHOLD, *older)
 
 
-def text_key(text: str) -> int:
-    """A stable 63-bit key of a text (Python's hash() differs between processes)."""
-    return xxhash.xxh3_64_intdigest(text.encode()) >> 1
+def text_keys(texts: Sequence[str]) -> list[int]:
+    """Stable 63-bit keys of texts, for no_duplicates (Python's hash() differs between processes)."""
+    digest = xxhash.xxh3_64_intdigest
+    return [digest(text.encode()) >> 1 for text in texts]
 
 
 class TokenizeChunk:
@@ -63,7 +65,7 @@ class TokenizeChunk:
         ]
         labels = chunk["labels"] or [None] * len(texts[0])
         if self.with_keys:
-            keys = zip(*([text_key(text) for text in column] for column in texts))
+            keys = zip(*map(text_keys, texts))
             rows = [{"ids": list(row), "label": label, "keys": list(key)} for row, label, key in zip(zip(*ids), labels, keys)]
         else:
             rows = [{"ids": list(row), "label": label} for row, label in zip(zip(*ids), labels)]

@@ -61,7 +61,12 @@ class HostExchange:
             return None
         return self._get(step, tag, self.index - 1)
 
+    @property
+    def passes_on(self) -> bool:
+        """Whether a process follows this one in the chain."""
+        return self.index < self.count - 1
+
     def chain_pass(self, step: int, tag: str, value: Any) -> None:
         """Passes `value` to the next process (the last process passes nothing)."""
-        if self.count > 1 and self.index < self.count - 1:
+        if self.passes_on:
             self._set(step, tag, value)
