@@ -236,8 +236,8 @@ class GlobalBatches:
     def set_state(self, state: dict) -> None:
         self.step = state["step"]
         pending = state["pending"]
-        saved = json.loads(pending) if isinstance(pending, str) else pending
-        self.pending = [[_restored_row(row) for row in rows] for rows in saved]
+        set_aside = json.loads(pending) if isinstance(pending, str) else pending
+        self.pending = [[_restored_row(row) for row in rows] for rows in set_aside]
         for stream, saved in zip(self.streams, state["streams"]):
             stream.set_state(saved)
 
@@ -299,7 +299,7 @@ def build_pipeline(
     specs: Sequence[DatasetConfig], label_columns: Sequence[str | None], tokenizer, max_length: int, *,
     global_batch: int, shape: BatchShape, options: PipelineOptions, seed: int, process_index: int, process_count: int,
     prompts: Sequence[tuple | None] | None = None,
-) -> tuple[grain.DatasetIterator, list[list[str]]]:
+) -> tuple[grain.DatasetIterator, list[tuple[list[str], tuple[int, int]]]]:
     """The prefetching, checkpointable iterator of (dataset, local batch, skipped) and each dataset's (files,
     stride) on this process (sources.process_files).
 
